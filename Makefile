@@ -1,0 +1,41 @@
+# cnikit.cni — build, test, demo, bench. Every target that touches networking enters a private
+# sandbox (tools/sandbox.sh: unshare --net --mount --uts) itself.
+SHELL := /bin/bash
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python3
+BASE_PYTHON ?= $(shell $(ROOT)/tools/find-python.sh)
+DEST ?= $(ROOT)/build/bin
+PYTEST_ARGS ?=
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: all venv plugins test unit demo bench lint sanity clean
+
+all: plugins
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Write every CNI executable (bridge, macvlan, host-local, ...) into $(DEST).
+plugins: venv
+	$(PY) -c 'import sys; sys.path.insert(0, "$(ROOT)/plugins/module_utils"); from cni.main import main; sys.exit(main(["cnikit", "install-plugins", "$(DEST)", "--python", "$(PY)"]))'
+
+unit: venv
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The whole suite, inside the sandbox.
+test: venv plugins
+	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+demo: venv plugins
+	tools/sandbox.sh $(PY) -m tools.demo
+
+bench: venv plugins
+	tools/sandbox.sh $(PY) -m bench.run
+
+clean:
+	rm -rf build .venv

@@ -1,0 +1,39 @@
+"""IPAM delegation: ours in-process, foreign ones exec'd from CNI_PATH (Go `ipam.ExecAdd`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional
+
+from .. import invoke, registry, skel, spec
+from ..spec import CNIError
+
+
+def ipam_type(conf: Dict[str, Any]) -> str:
+    """The IPAM type of a plugin config, "" for none (`ipam: {}` means L2 only)."""
+    ipam = conf.get("ipam") or {}
+    ptype = ipam.get("type", "")
+    if not isinstance(ptype, str):
+        raise CNIError(spec.ERR_INVALID_CONFIG, "ipam.type must be a string")
+    return ptype
+
+
+def delegate(command: str, ctx: skel.Context, conf: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Run IPAM `command` with the whole plugin config; returns the internal result for ADD."""
+    ptype = ipam_type(conf)
+    if not ptype:
+        raise CNIError(spec.ERR_INVALID_CONFIG, "IPAM plugin type is missing")
+    sub = dataclasses.replace(ctx, command=command)
+    if registry.is_builtin(ptype):
+        return skel.call(registry.load(ptype)(), sub, dict(conf))
+    path = invoke.find_in_path(ptype, ctx.path)
+    payload = dict(conf)
+    if isinstance(payload.get("prevResult"), dict):
+        payload["prevResult"] = spec.result_to_dict(payload["prevResult"], conf["cniVersion"])
+    raw = invoke.exec_plugin(path, sub.env_for(command), json.dumps(payload).encode())
+    if command != "ADD":
+        return None
+    if raw is None:
+        raise CNIError(spec.ERR_INTERNAL, f"IPAM plugin {ptype} returned no result")
+    raw.setdefault("cniVersion", conf["cniVersion"])  # libcni fixupResultVersion
+    return spec.result_from_dict(raw)
