@@ -6,6 +6,7 @@ serves the executable, the in-process runtime, the node agent and the tests.
 """
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -84,6 +85,36 @@ def check_known_args(args: List[Tuple[str, str]], known: Tuple[str, ...]) -> Non
     unknown = [f"{k}={v}" for k, v in args if k not in known and k != "IgnoreUnknown"]
     if unknown:
         raise CNIError(spec.ERR_INVALID_ENV, f"ARGS: unknown args {unknown!r}".replace("'", '"'))
+
+
+def _go_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true"):
+        return True
+    if low in ("0", "false"):
+        return False
+    raise ValueError(f"boolean unmarshal error: invalid input {text}")
+
+
+def load_args(args: List[Tuple[str, str]], parsers: Mapping[str, Callable[[str], Any]],
+              code: int = spec.ERR_INTERNAL) -> Dict[str, Any]:
+    """Go `types.LoadArgs` into a struct whose fields are `parsers` (+ IgnoreUnknown), with Go's
+    messages. Plugins call it from their own code, so Go reports its errors as 999 (ErrInternal)."""
+    values: Dict[str, Any] = {}
+    unknown: List[str] = []
+    for key, val in args:
+        pair = f"{key}={val}"
+        parse = _go_bool if key == "IgnoreUnknown" else parsers.get(key)
+        if parse is None:
+            unknown.append(pair)
+            continue
+        try:
+            values[key] = parse(val)
+        except ValueError as exc:
+            raise CNIError(code, f"ARGS: error parsing value of pair {json.dumps(pair)}: {exc}") from None
+    if unknown and not values.get("IgnoreUnknown", False):
+        raise CNIError(code, "ARGS: unknown args [" + " ".join(json.dumps(u) for u in unknown) + "]")
+    return values
 
 
 # Which variables each verb needs (skel v1.0.1 table; spec 1.1 adds CNI_PATH for GC).
