@@ -1,0 +1,140 @@
+"""iptables backend, compatible with the Go plugins' chains (go-iptables always passes --wait).
+
+Changes go through one `iptables-restore --noflush -w` batch per family instead of an exec per
+rule; a batch is applied atomically or not at all, which is also what lets the common path skip
+the AppendUnique listing: a batch that starts with `-N <chain>` fails as a whole if the chain
+already exists, and only then are the rules checked one by one as Go does.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any, Iterable, List, Optional, Sequence
+
+from .. import spec
+from ..spec import CNIError
+from . import chain_name, go_comment
+
+Rule = Sequence[str]  # iptables arguments after "-A <chain>", e.g. ("-d", "10.0.0.0/24", "-j", "ACCEPT")
+MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+
+
+def _cmd(version: int, tool: str = "") -> str:
+    return ("iptables" if version == 4 else "ip6tables") + tool
+
+
+def _exec(argv: List[str], data: Optional[str] = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, input=data, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise CNIError(spec.ERR_INTERNAL, f"cannot run {argv[0]}: {exc.strerror}") from None
+
+
+def quote(arg: str) -> str:
+    """Quote one argument the way iptables-save prints it and iptables-restore reads it."""
+    if arg and not re.search(r'[\s"\\]', arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def line(op: str, chain: str, rule: Rule) -> str:
+    return " ".join([op, chain, *(quote(a) for a in rule)])
+
+
+def try_restore(version: int, table: str, lines: Iterable[str]) -> Optional[str]:
+    """Apply `lines` to `table` in one atomic batch; return the error text, None on success."""
+    data = f"*{table}\n" + "".join(ln + "\n" for ln in lines) + "COMMIT\n"
+    proc = _exec([_cmd(version, "-restore"), "--noflush", "-w"], data)
+    return None if proc.returncode == 0 else proc.stderr.strip()
+
+
+def restore(version: int, table: str, lines: Iterable[str]) -> None:
+    err = try_restore(version, table, lines)
+    if err is not None:
+        raise CNIError(spec.ERR_INTERNAL, f"{_cmd(version, '-restore')} failed", err)
+
+
+def save(version: int, table: str) -> str:
+    proc = _exec([_cmd(version, "-save"), "-t", table])
+    if proc.returncode != 0:
+        raise CNIError(spec.ERR_INTERNAL, f"{_cmd(version, '-save')} failed", proc.stderr.strip())
+    return proc.stdout
+
+
+def exists(version: int, table: str, chain: str, rule: Rule) -> bool:
+    """`iptables -C`: does the rule exist (False too when the chain does not)."""
+    return _exec([_cmd(version), "-w", "-t", table, "-C", chain, *rule]).returncode == 0
+
+
+def has_chain(saved: str, chain: str) -> bool:
+    return f"\n:{chain} " in saved
+
+
+def rules_jumping_to(saved: str, parent: str, chain: str) -> List[str]:
+    """The `-A <parent> ... -j <chain>` lines of an iptables-save listing, verbatim."""
+    return [ln for ln in saved.splitlines()
+            if ln.startswith(f"-A {parent} ") and (ln.endswith(f" -j {chain}") or f" -j {chain} " in ln)]
+
+
+def append_unique(version: int, table: str, chain: str, rules: List[tuple]) -> None:
+    """Create `chain` with `rules` (list of (chain, rule)) in one batch; if the chain already
+    exists, add only the missing rules (Go's AppendUnique), still as one batch."""
+    batch = [f"-N {chain}"] + [line("-A", c, r) for c, r in rules]
+    err = try_restore(version, table, batch)
+    if err is None:
+        return
+    if "Chain already exists" not in err:
+        raise CNIError(spec.ERR_INTERNAL, f"{_cmd(version, '-restore')} failed", err)
+    restore(version, table, [line("-A", c, r) for c, r in rules if not exists(version, table, c, r)])
+
+
+def unique(rules: List[tuple]) -> List[tuple]:
+    out: List[tuple] = []
+    for r in rules:
+        if r not in out:
+            out.append(r)
+    return out
+
+
+# --- ipMasq (Go pkg/ip/ipmasq_linux.go) ---------------------------------------------------
+
+def _masq_rules(network: str, container_id: str, ifaces: List[Any], version: int) -> List[tuple]:
+    """Go's rule sequence: per address AppendUnique(ACCEPT subnet), (MASQUERADE), (POSTROUTING jump)."""
+    chain, comment = chain_name(network, container_id), go_comment(network, container_id)
+    tag = ("-m", "comment", "--comment", comment)
+    rules = []
+    for iface in (i for i in ifaces if i.version == version):
+        rules += [(chain, ("-d", str(iface.network), *tag, "-j", "ACCEPT")),
+                  (chain, ("!", "-d", MCAST[version], *tag, "-j", "MASQUERADE")),
+                  ("POSTROUTING", ("-s", f"{iface.ip}/{iface.max_prefixlen}", *tag, "-j", chain))]
+    return unique(rules)
+
+
+def setup_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
+    chain = chain_name(network, container_id)
+    for version in sorted({i.version for i in ifaces}):
+        append_unique(version, "nat", chain, _masq_rules(network, container_id, ifaces, version))
+
+
+def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) -> None:
+    chain = chain_name(network, container_id)
+    versions = sorted({i.version for i in ifaces}) if ifaces is not None else [4, 6]
+    for version in versions:
+        if ifaces is not None:  # fast path: the exact rules, no listing
+            jumps = [line("-D", c, r) for c, r in _masq_rules(network, container_id, ifaces, version)
+                     if c == "POSTROUTING"]
+            if try_restore(version, "nat", jumps + [f"-F {chain}", f"-X {chain}"]) is None:
+                continue
+        saved = save(version, "nat")  # addresses unknown or partly gone: find what is left
+        batch = ["-D" + ln[2:] for ln in rules_jumping_to(saved, "POSTROUTING", chain)]
+        if has_chain(saved, chain):
+            batch += [f"-F {chain}", f"-X {chain}"]
+        if batch:
+            restore(version, "nat", batch)
+
+
+def check_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
+    for version in sorted({i.version for i in ifaces}):
+        for chain, rule in _masq_rules(network, container_id, ifaces, version):
+            if not exists(version, "nat", chain, rule):
+                raise CNIError(spec.ERR_INTERNAL, f"masquerade rule missing in {chain}", " ".join(rule))

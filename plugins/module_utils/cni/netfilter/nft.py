@@ -1,0 +1,139 @@
+"""nftables backend: `nft -f -` batches (atomic) for changes, `nft -j` for reads.
+
+ipMasq lives in one table, `inet cnikit_masq`: a postrouting chain does one verdict-map lookup
+on the source address (`src4`/`src6`: ip -> jump <per-container chain>), and each (network,
+container) owns a chain named like the Go iptables one (CNI-<hash>) whose rules carry the
+source address. So a packet costs one hash lookup whatever the number of pods, and teardown
+reads only its own chain to know which map elements to remove — even when the caller no
+longer knows the addresses (DEL after the netns is gone).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any, Dict, Iterable, List, Optional
+
+from .. import spec
+from ..spec import CNIError
+from . import chain_name
+
+NFT = "nft"
+MASQ_TABLE = "cnikit_masq"
+MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+
+
+def _exec(args: List[str], data: Optional[str] = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([NFT, *args], input=data, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise CNIError(spec.ERR_INTERNAL, f"cannot run {NFT}: {exc.strerror}") from None
+
+
+def run(lines: Iterable[str]) -> None:
+    """Apply one atomic batch; raise CNIError with nft's message on failure."""
+    err = try_run(lines)
+    if err is not None:
+        raise CNIError(spec.ERR_INTERNAL, "nftables batch failed", err)
+
+
+def try_run(lines: Iterable[str]) -> Optional[str]:
+    """Apply one atomic batch; return nft's error text, None on success."""
+    proc = _exec(["-f", "-"], "\n".join(lines) + "\n")
+    return None if proc.returncode == 0 else proc.stderr.strip()
+
+
+def list_json(*what: str) -> Optional[List[Dict[str, Any]]]:
+    """`nft -j list <what>` as a list of objects; None when the object does not exist."""
+    proc = _exec(["-j", "list", *what])
+    if proc.returncode != 0:
+        if "No such file or directory" in proc.stderr:
+            return None
+        raise CNIError(spec.ERR_INTERNAL, f"nft list {' '.join(what)} failed", proc.stderr.strip())
+    return json.loads(proc.stdout).get("nftables", [])
+
+
+def rules(objs: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    return [o["rule"] for o in objs or [] if "rule" in o]
+
+
+def match_values(rule: Dict[str, Any], field: str) -> List[Any]:
+    """The right-hand sides of `== <payload field>` matches in a rule (e.g. field "saddr")."""
+    out = []
+    for expr in rule.get("expr", []):
+        match = expr.get("match")
+        if match and match.get("op") == "==" and match.get("left", {}).get("payload", {}).get("field") == field:
+            out.append(match["right"])
+    return out
+
+
+def fam(iface: Any) -> str:
+    return "ip" if iface.version == 4 else "ip6"
+
+
+def quote(text: str) -> str:
+    """An nft string literal; nft has no escape for a double quote, so it is dropped."""
+    return '"' + text.replace('"', "") + '"'
+
+
+# --- ipMasq -------------------------------------------------------------------------------
+
+def _masq_base() -> List[str]:
+    t = f"inet {MASQ_TABLE}"
+    return [f"add table {t}",
+            f"add map {t} src4 {{ type ipv4_addr : verdict; }}",
+            f"add map {t} src6 {{ type ipv6_addr : verdict; }}",
+            f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+            # flush + re-add in the same transaction keeps the lookups unique without a listing
+            f"flush chain {t} postrouting",
+            f"add rule {t} postrouting ip saddr vmap @src4",
+            f"add rule {t} postrouting ip6 saddr vmap @src6"]
+
+
+def setup_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
+    t, chain = f"inet {MASQ_TABLE}", chain_name(network, container_id)
+    lines = _masq_base() + [
+        f"add chain {t} {chain} {{ comment {quote(f'net {network} id {container_id}')}; }}",
+        f"flush chain {t} {chain}"]
+    for iface in ifaces:
+        f, ip = fam(iface), iface.ip
+        lines += [f"add rule {t} {chain} {f} saddr {ip} {f} daddr {iface.network} accept",
+                  f"add rule {t} {chain} {f} saddr {ip} {f} daddr != {MCAST[iface.version]} masquerade",
+                  f"add element {t} src{iface.version} {{ {ip} : jump {chain} }}"]
+    err = try_run(lines)
+    if err is not None:
+        hint = " (another container's masquerade owns this address)" if "File exists" in err else ""
+        raise CNIError(spec.ERR_INTERNAL, f"failed to set up IP masquerade{hint}", err)
+
+
+def _masq_sources(chain: str) -> Optional[List[str]]:
+    objs = list_json("chain", "inet", MASQ_TABLE, chain)
+    if objs is None:
+        return None
+    return sorted({str(v) for r in rules(objs) for v in match_values(r, "saddr")})
+
+
+def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) -> None:
+    # The chain's own rules say which addresses it serves, so `ifaces` is not needed here.
+    t, chain = f"inet {MASQ_TABLE}", chain_name(network, container_id)
+    for _ in range(3):  # a concurrent teardown may win the race; re-read and retry
+        sources = _masq_sources(chain)
+        if sources is None:
+            return
+        lines = [f"delete element {t} src{6 if ':' in ip else 4} {{ {ip} }}" for ip in sources]
+        err = try_run(lines + [f"delete chain {t} {chain}"])
+        if err is None:
+            return
+    raise CNIError(spec.ERR_INTERNAL, "failed to tear down IP masquerade", err)
+
+
+def check_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
+    chain = chain_name(network, container_id)
+    sources = _masq_sources(chain)
+    if sources is None:
+        raise CNIError(spec.ERR_INTERNAL, f"masquerade chain {chain} not found in table inet {MASQ_TABLE}")
+    for iface in ifaces:
+        if str(iface.ip) not in sources:
+            raise CNIError(spec.ERR_INTERNAL, f"no masquerade rule for {iface.ip} in chain {chain}")
+        objs = _exec(["-j", "get", "element", "inet", MASQ_TABLE, f"src{iface.version}", f"{{ {iface.ip} }}"])
+        if objs.returncode != 0 or chain not in objs.stdout:
+            raise CNIError(spec.ERR_INTERNAL, f"masquerade map has no entry {iface.ip} -> {chain}")
