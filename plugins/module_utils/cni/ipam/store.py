@@ -1,0 +1,241 @@
+"""The host-local on-disk lease store, byte-compatible with the Go `disk` backend (plugins v1.1.1).
+
+Layout of `<dataDir>/<network>/`:
+    <ip>                  "<containerID>\\r\\n<ifname>" (no trailing newline), mode 0644
+    last_reserved_ip.<n>  the textual IP last handed out by range set n
+    lock                  flock(LOCK_EX)'d around every read-modify-write (go-filemutex, mode 0750)
+
+Go binaries and this module can share one directory concurrently: same lock file, same flock
+semantics, same names and contents. Where Go writes in place we write a temp file and then
+link()/rename() it, so a reader (or a crash) never sees a half-written lease.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import stat
+from typing import Iterator, List, Optional, Tuple
+
+from .. import faults, spec
+from ..spec import CNIError
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+LAST_IP_PREFIX = "last_reserved_ip."
+LINE_BREAK = "\r\n"
+# A lease is "<cid>\r\n<ifname>": cid and ifname are short, so anything longer is not a lease.
+MAX_LEASE_BYTES = 4096
+
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _os_error(op: str, path: str, exc: OSError) -> CNIError:
+    """Go's *PathError text: `open /x: permission denied`."""
+    reason = (exc.strerror or str(exc)).lower()
+    return CNIError(spec.ERR_INTERNAL, f"{op} {path}: {reason}")
+
+
+def parse_ip(text: str) -> Optional[IPAddr]:
+    """Go `net.ParseIP`: None for anything that is not a bare IPv4/IPv6 address."""
+    if not text or "%" in text or "/" in text:
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped  # Go canonicalises ::ffff:a.b.c.d to IPv4
+    return addr
+
+
+def lease_key(container_id: str, ifname: str) -> bytes:
+    return (container_id.strip() + LINE_BREAK + ifname).encode()
+
+
+class Store:
+    """One network's directory. Use `with store.locked():` around every operation."""
+
+    def __init__(self, network: str, data_dir: str = "") -> None:
+        spec.validate_name(network)
+        data_dir = data_dir or DEFAULT_DATA_DIR
+        if not isinstance(data_dir, str) or "\0" in data_dir:
+            raise CNIError(spec.ERR_INVALID_CONFIG, "invalid dataDir", repr(data_dir))
+        self.dir = os.path.join(data_dir, network)
+        # The network name is a single path component (validate_name), so the directory can
+        # only be a direct child of dataDir; checked again on the normalised path.
+        if os.path.dirname(os.path.normpath(self.dir)) != os.path.normpath(data_dir):
+            raise CNIError(spec.ERR_INVALID_CONFIG, "network name escapes dataDir", network)
+        self._lock_fd = -1
+
+    # --- locking ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            os.makedirs(self.dir, 0o755, exist_ok=True)
+        except OSError as exc:
+            raise _os_error("mkdir", exc.filename or self.dir, exc) from None
+        path = os.path.join(self.dir, "lock")
+        try:
+            # go-filemutex: open(O_CREAT|O_RDONLY, 0750) and flock on that descriptor.
+            self._lock_fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, 0o750)
+        except OSError as exc:
+            raise _os_error("open", path, exc) from None
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["Store"]:
+        self.open()
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self.close()
+
+    # --- writes -------------------------------------------------------------------------
+
+    def _write_new(self, name: str, data: bytes, replace: bool) -> bool:
+        """Write `name` atomically with mode 0644 (minus umask): False if it exists and not `replace`."""
+        final = os.path.join(self.dir, name)
+        tmp = os.path.join(self.dir, f".{name}.tmp{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            if replace:
+                os.replace(tmp, final)
+                return True
+            try:
+                os.link(tmp, final)  # atomic O_EXCL create, with the content already in place
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _os_error("open", final, exc) from None
+
+    def reserve(self, container_id: str, ifname: str, ip: IPAddr, range_id: int) -> bool:
+        """Go `Store.Reserve`: create the lease if free, then record it as last reserved."""
+        if not self._write_new(str(ip), lease_key(container_id, ifname), replace=False):
+            return False
+        faults.point("host_local.after_lease_write")
+        try:
+            self._write_new(LAST_IP_PREFIX + str(range_id), str(ip).encode(), replace=True)
+        except CNIError:
+            self.release(ip)
+            raise
+        return True
+
+    def release(self, ip: IPAddr) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, str(ip)))
+
+    # --- reads --------------------------------------------------------------------------
+
+    def last_reserved_ip(self, range_id: int) -> Optional[IPAddr]:
+        try:
+            with open(os.path.join(self.dir, LAST_IP_PREFIX + str(range_id)), "rb") as fh:
+                data = fh.read(256)
+        except OSError:
+            return None
+        return parse_ip(data.decode("ascii", "replace"))
+
+    def _files(self) -> Iterator[Tuple[str, bytes]]:
+        """(path, trimmed content) of every regular file under the directory (recursive, as Go's
+        filepath.Walk; the order does not matter to any caller).
+
+        Symlinks are not followed (Go would read through them); unreadable and oversized files
+        are skipped, so a torn or garbage file can never break a scan."""
+        stack = [self.dir]
+        while stack:
+            top = stack.pop()
+            try:
+                names = sorted(os.listdir(top))
+            except OSError:
+                continue
+            subdirs = []
+            for name in names:
+                path = os.path.join(top, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append(path)
+                    continue
+                if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_LEASE_BYTES:
+                    continue
+                try:
+                    with open(path, "rb") as fh:
+                        yield path, fh.read(MAX_LEASE_BYTES).strip()
+                except OSError:
+                    continue
+            stack.extend(reversed(subdirs))
+
+    def _release_matching(self, match: bytes) -> bool:
+        found = False
+        for path, data in self._files():
+            if data == match:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
+                found = True
+        return found
+
+    def release_by_id(self, container_id: str, ifname: str) -> None:
+        """Go `ReleaseByID`: every `cid\\r\\nifname` file, else legacy files holding just `cid`."""
+        if not self._release_matching(lease_key(container_id, ifname)):
+            self._release_matching(container_id.strip().encode())
+
+    def find_by_id(self, container_id: str, ifname: str) -> bool:
+        key, old = lease_key(container_id, ifname), container_id.strip().encode()
+        files = list(self._files())
+        return any(d == key for _, d in files) or any(d == old for _, d in files)
+
+    def get_by_id(self, container_id: str, ifname: str) -> List[IPAddr]:
+        """IPs leased to (cid, ifname), legacy cid-only leases included (Go `GetByID`)."""
+        key, old = lease_key(container_id, ifname), container_id.strip().encode()
+        ips = []
+        for path, data in self._files():
+            if data in (key, old):
+                ip = parse_ip(os.path.basename(path))
+                if ip is not None:
+                    ips.append(ip)
+        return ips
+
+    def leases(self) -> Iterator[Tuple[IPAddr, bytes]]:
+        """(ip, trimmed content) of every lease file directly in the directory (for GC/STATUS)."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except OSError:
+            return
+        for name in names:
+            ip = parse_ip(name)
+            if ip is None:
+                continue
+            path = os.path.join(self.dir, name)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read(MAX_LEASE_BYTES + 1).strip()
+            except OSError:
+                continue
+            yield ip, data
+
+    def exists(self, ip: IPAddr) -> bool:
+        return os.path.lexists(os.path.join(self.dir, str(ip)))
