@@ -1,0 +1,490 @@
+"""Desired-state reconciliation for the Ansible modules: named netns, veth pairs, macvlan links.
+
+Each `ensure_*` reads what the kernel has, compares it with what was asked for, changes only the
+difference (nothing at all with `check_mode`) and returns a `Change`: whether anything changed
+(or would), plus `before`/`after` views of the visible state for Ansible's diff. Errors are
+`CNIError`s whose message says what to fix. Netlink work goes through `link.py`'s primitives;
+pyroute2 is imported only inside the functions that need it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import link, skel, spec
+from .spec import CNIError
+
+NETNS_DIR = "/run/netns"
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
+_IFF_UP = 1
+State = Dict[str, Any]
+
+
+@dataclass
+class Change:
+    changed: bool
+    before: State
+    after: State
+
+
+@dataclass
+class LinkAttrs:
+    """What the caller manages on one interface; None leaves that property as the kernel has it."""
+
+    name: str
+    netns: Optional[str] = None  # a name under /run/netns or a path; None = the current netns
+    mtu: Optional[int] = None
+    mac: Optional[str] = None
+    addresses: Optional[List[str]] = None  # exclusive: others are removed (IPv6 link-local kept)
+    routes: Optional[List[Dict[str, Any]]] = None  # additive: listed routes are added when missing
+    up: Optional[bool] = None
+    mode: Optional[str] = None  # macvlan mode (changed in place, except into or out of passthru)
+    path: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        validate_ifname(self.name)
+        self.path = netns_path(self.netns) if self.netns else ""
+        if self.mtu is not None and not 68 <= self.mtu <= 65535:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid mtu {self.mtu} for {self.name}: must be 68..65535")
+        if self.mac is not None:
+            self.mac = normalize_mac(self.mac)
+        if self.addresses is not None:
+            self.addresses = sorted({normalize_cidr(a) for a in self.addresses})
+        if self.routes is not None:
+            self.routes = [normalize_route(r) for r in self.routes]
+        if self.mode is not None and self.mode not in MACVLAN_MODES:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid macvlan mode {self.mode!r}: one of {', '.join(MACVLAN_MODES)}")
+
+
+# --- input normalisation ----------------------------------------------------------------
+
+def validate_ifname(name: str) -> None:
+    try:
+        skel.validate_ifname(name)
+    except CNIError as exc:  # the skel's message does not say which name
+        raise CNIError(exc.code, f"invalid interface name {name!r}: {exc}") from None
+
+
+def normalize_mac(mac: str) -> str:
+    parts = mac.replace("-", ":").lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid MAC address {mac!r}: expected six hex octets like 02:42:ac:11:00:02")
+    if int(parts[0], 16) & 1:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid MAC address {mac!r}: a multicast address cannot be set on a link")
+    return ":".join(parts)
+
+
+def normalize_cidr(addr: str) -> str:
+    try:
+        iface = ipaddress.ip_interface(addr)
+    except ValueError:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid address {addr!r}: expected ADDRESS/PREFIX like 10.40.80.11/24") from None
+    if "/" not in addr:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"address {addr!r} has no prefix length: write it like {addr}/24")
+    return iface.with_prefixlen
+
+
+def normalize_route(route: Any) -> Dict[str, Any]:
+    if isinstance(route, str):
+        route = {"dst": route}
+    if not isinstance(route, dict) or "dst" not in route:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid route {route!r}: expected a dict with dst (and optional gw, metric)")
+    dst = "0.0.0.0/0" if route["dst"] == "default" else route["dst"]
+    try:
+        net = ipaddress.ip_network(dst, strict=False)
+        gw = str(ipaddress.ip_address(route["gw"])) if route.get("gw") else None
+    except ValueError as exc:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid route {route!r}: {exc}") from None
+    out: Dict[str, Any] = {"dst": net.with_prefixlen}
+    if gw:
+        out["gw"] = gw
+    if route.get("metric") is not None:
+        out["metric"] = int(route["metric"])
+    return out
+
+
+# --- named network namespaces -----------------------------------------------------------
+
+def validate_netns_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or "\0" in name or len(name) > 255:
+        raise CNIError(spec.ERR_INVALID_CONFIG,
+                       f"invalid network namespace name {name!r}: use a plain file name (no '/'), 1..255 characters")
+
+
+def netns_path(ref: str) -> str:
+    """A netns reference as the modules take it: an absolute path, or a name under /run/netns."""
+    if ref.startswith("/"):
+        if "\0" in ref or "/../" in ref + "/":
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid network namespace path {ref!r}")
+        return ref
+    validate_netns_name(ref)
+    return os.path.join(NETNS_DIR, ref)
+
+
+def netns_exists(path: str) -> bool:
+    # a live netns file is a bind mount of nsfs; a bare file is what a failed `ip netns add` leaves
+    return os.path.ismount(path)
+
+
+def require_netns(ref: Optional[str]) -> str:
+    """The path of an existing netns (empty for the current one), or an actionable error."""
+    if not ref:
+        return ""
+    path = netns_path(ref)
+    if not netns_exists(path):
+        raise CNIError(spec.ERR_INVALID_CONFIG,
+                       f"network namespace {ref!r} not found ({path} is not a mounted netns); "
+                       "create it first, e.g. with cnikit.cni.netns")
+    return path
+
+
+def _netns_view(name: str, path: str, loopback_up: Optional[bool]) -> State:
+    if not netns_exists(path):
+        # a bare file is what a failed `ip netns add` leaves behind
+        return {"name": name, "state": "stale" if os.path.lexists(path) else "absent"}
+    view: State = {"name": name, "state": "present", "path": path}
+    if loopback_up is not None:
+        with link.iproute(path) as ipr:
+            view["loopback"] = "up" if ipr.link("get", index=1)[0]["flags"] & _IFF_UP else "down"
+    return view
+
+
+def ensure_netns(name: str, present: bool = True, loopback_up: Optional[bool] = True,
+                 check_mode: bool = False) -> Change:
+    """Like `ip netns add/del NAME` (+ `ip -n NAME link set lo up`), idempotent.
+
+    `loopback_up` None leaves the loopback as it is.
+    """
+    validate_netns_name(name)
+    path = os.path.join(NETNS_DIR, name)
+    before = _netns_view(name, path, loopback_up if present else None)
+    if not present:
+        if before["state"] != "absent" and not check_mode:
+            if before["state"] == "present":
+                from pyroute2 import netns as pr_netns  # noqa: PLC0415 - lazy on purpose
+
+                pr_netns.remove(path)
+            else:
+                os.unlink(path)
+        return Change(before["state"] != "absent", before, {"name": name, "state": "absent"})
+    want: State = {"name": name, "state": "present", "path": path}
+    if loopback_up is not None:
+        want["loopback"] = "up" if loopback_up else "down"
+    if before == want or check_mode:
+        return Change(before != want, before, want)
+    if before["state"] != "present":
+        _create_netns(path)
+    if loopback_up is not None:
+        with link.iproute(path) as ipr:
+            ipr.link("set", index=1, state="up" if loopback_up else "down")
+    return Change(True, before, _netns_view(name, path, loopback_up))
+
+
+def _create_netns(path: str) -> None:
+    from pyroute2 import netns as pr_netns  # noqa: PLC0415 - lazy on purpose
+
+    if os.path.lexists(path):
+        os.unlink(path)  # stale
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    try:
+        pr_netns.create(path)
+    except Exception as exc:
+        if os.path.lexists(path) and not netns_exists(path):
+            os.unlink(path)  # undo: leave no half-made netns behind
+        raise CNIError(spec.ERR_INTERNAL, f"failed to create network namespace {path}: {exc}") from None
+    if not netns_exists(path):
+        raise CNIError(spec.ERR_INTERNAL, f"failed to create network namespace {path}")
+
+
+# --- reading links ----------------------------------------------------------------------
+
+
+def _info(msg: Any) -> Tuple[str, Any]:
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None:
+        return "", None
+    return info.get_attr("IFLA_INFO_KIND") or "", info.get_attr("IFLA_INFO_DATA")
+
+
+def _find(ipr: Any, name: str) -> Optional[Any]:
+    found = ipr.link_lookup(ifname=name)
+    return ipr.link("get", index=found[0])[0] if found else None
+
+
+def _addresses(ipr: Any, index: int) -> List[str]:
+    out = set()
+    for msg in ipr.addr("dump", index=index):
+        ip = msg.get_attr("IFA_ADDRESS")
+        if ip is None or (msg["family"] == 10 and ipaddress.ip_address(ip).is_link_local):
+            continue  # the kernel's own fe80:: address is not the caller's to manage
+        out.add(ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}").with_prefixlen)
+    return sorted(out)
+
+
+def _route_key(route: Dict[str, Any]) -> Tuple[str, Optional[str], Optional[int]]:
+    return route["dst"], route.get("gw"), route.get("metric")
+
+
+def _routes(ipr: Any, index: int, wanted: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The wanted routes that exist through this link (main table)."""
+    have = set()
+    for family in {4 if ":" not in r["dst"] else 6 for r in wanted}:
+        for msg in ipr.route("dump", family=2 if family == 4 else 10, table=254):
+            if msg.get_attr("RTA_OIF") != index:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
+            have.add((ipaddress.ip_network(f"{dst}/{msg['dst_len']}").with_prefixlen,
+                      msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_PRIORITY")))
+    out = []
+    for r in wanted:
+        # a route asked for without a metric matches that route at any metric
+        if any(h[0] == r["dst"] and h[1] == r.get("gw") and (r.get("metric") is None or h[2] == r["metric"])
+               for h in have):
+            out.append(r)
+    return out
+
+
+def _view(ipr: Any, msg: Any, attrs: LinkAttrs) -> State:
+    kind, data = _info(msg)
+    view: State = {"name": attrs.name, "state": "present", "kind": kind or "unknown",
+                   "mtu": msg.get_attr("IFLA_MTU"), "mac": msg.get_attr("IFLA_ADDRESS"),
+                   "up": bool(msg["flags"] & _IFF_UP), "addresses": _addresses(ipr, msg["index"])}
+    if attrs.netns:
+        view["netns"] = attrs.netns
+    if kind == "macvlan" and data is not None:
+        view["mode"] = data.get_attr("IFLA_MACVLAN_MODE")
+        view["master_index"] = msg.get_attr("IFLA_LINK")
+    if attrs.routes is not None:
+        view["routes"] = _routes(ipr, msg["index"], attrs.routes)
+    return view
+
+
+def _absent(attrs: LinkAttrs) -> State:
+    view: State = {"name": attrs.name, "state": "absent"}
+    if attrs.netns:
+        view["netns"] = attrs.netns
+    return view
+
+
+# --- changing links ---------------------------------------------------------------------
+
+def _netlink(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one netlink request; a kernel refusal becomes an error naming what was attempted."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        code = link.netlink_error_code(exc)
+        if code is None:
+            raise
+        raise CNIError(spec.ERR_INTERNAL, f"{what}: {os.strerror(code)}") from None
+
+
+def _wanted(current: State, attrs: LinkAttrs) -> State:
+    """`current` with the managed properties replaced by the wanted ones."""
+    after = dict(current)
+    for key in ("mode", "mtu", "mac", "up", "addresses", "routes"):
+        val = getattr(attrs, key)
+        if val is not None:
+            after[key] = val
+    return after
+
+
+def _apply(ipr: Any, index: int, current: State, attrs: LinkAttrs) -> None:
+    """Bring one existing link to `attrs`; only the differences are sent."""
+    name = attrs.name
+    if attrs.mode is not None and current.get("mode") != attrs.mode:
+        _netlink(f"failed to set macvlan mode {attrs.mode} on {name}", ipr.link, "set", index=index,
+                 kind="macvlan", macvlan_mode=attrs.mode)
+    if attrs.mtu is not None and current["mtu"] != attrs.mtu:
+        _netlink(f"failed to set mtu {attrs.mtu} on {name}", ipr.link, "set", index=index, mtu=attrs.mtu)
+    if attrs.mac is not None and current["mac"] != attrs.mac:
+        _netlink(f"failed to set MAC {attrs.mac} on {name}", ipr.link, "set", index=index, address=attrs.mac)
+    if attrs.addresses is not None:
+        for addr in current["addresses"]:
+            if addr not in attrs.addresses:
+                ip = ipaddress.ip_interface(addr)
+                _netlink(f"failed to remove {addr} from {name}", ipr.addr, "del", index=index,
+                         address=str(ip.ip), prefixlen=ip.network.prefixlen)
+        for addr in attrs.addresses:
+            if addr not in current["addresses"]:
+                ip = ipaddress.ip_interface(addr)
+                _netlink(f"failed to add {addr} to {name}", ipr.addr, "add", index=index,
+                         address=str(ip.ip), prefixlen=ip.network.prefixlen)
+    if attrs.up is not None and current["up"] != attrs.up:
+        _netlink(f"failed to set {name} {'up' if attrs.up else 'down'}", ipr.link, "set", index=index,
+                 state="up" if attrs.up else "down")
+    for route in attrs.routes or ():
+        if route in current.get("routes", ()):
+            continue
+        kw: Dict[str, Any] = {"dst": route["dst"], "oif": index}
+        if route.get("gw"):
+            kw["gateway"] = route["gw"]
+        if route.get("metric") is not None:
+            kw["priority"] = route["metric"]
+        _netlink(f"failed to add route {route} via {name}", ipr.route, "add", **kw)
+
+
+def _stub(attrs: LinkAttrs, kind: str) -> State:
+    view: State = {"name": attrs.name, "state": "present", "kind": kind}
+    if attrs.netns:
+        view["netns"] = attrs.netns
+    return view
+
+
+def _reconcile(ipr: Any, msg: Any, attrs: LinkAttrs, check_mode: bool) -> Change:
+    """Bring an existing link to `attrs`."""
+    before = _view(ipr, msg, attrs)
+    after = _wanted(before, attrs)
+    if after == before or check_mode:
+        return Change(after != before, before, after)
+    _apply(ipr, msg["index"], before, attrs)
+    return Change(True, before, _view(ipr, _find(ipr, attrs.name), attrs))
+
+
+def _configure_new(ipr: Any, attrs: LinkAttrs) -> State:
+    msg = _find(ipr, attrs.name)
+    if msg is None:
+        raise CNIError(spec.ERR_INTERNAL, f"{attrs.name} vanished right after it was created")
+    _apply(ipr, msg["index"], _view(ipr, msg, attrs), attrs)
+    return _view(ipr, _find(ipr, attrs.name), attrs)
+
+
+def _delete(ipr: Any, msg: Any, name: str) -> None:
+    try:
+        ipr.link("del", index=msg["index"])
+    except Exception as exc:
+        if not link.is_enodev(exc):  # gone meanwhile (e.g. with its veth peer): that is what we wanted
+            raise CNIError(spec.ERR_INTERNAL, f"failed to delete {name}: {exc}") from None
+
+
+def _refuse_foreign(msg: Any, attrs: LinkAttrs, kind: str) -> None:
+    have = _info(msg)[0] or "device without link kind"
+    if have != kind:
+        where = f" in netns {attrs.netns}" if attrs.netns else ""
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"{attrs.name}{where} already exists and is a {have}, not a {kind}; "
+                       "choose another name or remove that interface first")
+
+
+def remove_link(attrs: LinkAttrs, check_mode: bool = False) -> Change:
+    """Delete a link if it exists; a missing netns means there is nothing to delete."""
+    if attrs.path and not netns_exists(attrs.path):
+        return Change(False, _absent(attrs), _absent(attrs))
+    with link.iproute(attrs.path or None) as ipr:
+        msg = _find(ipr, attrs.name)
+        if msg is None:
+            return Change(False, _absent(attrs), _absent(attrs))
+        before = _view(ipr, msg, attrs)
+        if not check_mode:
+            _delete(ipr, msg, attrs.name)
+    return Change(True, before, _absent(attrs))
+
+
+# --- veth -------------------------------------------------------------------------------
+
+def _paired(a: Any, b: Any) -> bool:
+    return _info(a)[0] == _info(b)[0] == "veth" and \
+        a.get_attr("IFLA_LINK") == b["index"] and b.get_attr("IFLA_LINK") == a["index"]
+
+
+def ensure_veth(end: LinkAttrs, peer: LinkAttrs, check_mode: bool = False) -> Change:
+    """A veth pair `end` <-> `peer`, each in its own netns, both ends reconciled.
+
+    A veth named like either end but paired elsewhere is replaced; any other kind of link with
+    one of the names is an error (it is not ours to delete).
+    """
+    require_netns(end.netns)
+    require_netns(peer.netns)
+    with link.iproute(end.path or None) as ipa, link.iproute(peer.path or None) as ipb:
+        ma, mb = _find(ipa, end.name), _find(ipb, peer.name)
+        if ma is not None and mb is not None and _paired(ma, mb):
+            ca = _reconcile(ipa, ma, end, check_mode)
+            cb = _reconcile(ipb, mb, peer, check_mode)
+            return Change(ca.changed or cb.changed, {"end": ca.before, "peer": cb.before},
+                          {"end": ca.after, "peer": cb.after})
+        for msg, attrs in ((ma, end), (mb, peer)):
+            if msg is not None:
+                _refuse_foreign(msg, attrs, "veth")
+        before = {"end": _view(ipa, ma, end) if ma is not None else _absent(end),
+                  "peer": _view(ipb, mb, peer) if mb is not None else _absent(peer)}
+        if check_mode:
+            return Change(True, before, {"end": _wanted(_stub(end, "veth"), end),
+                                         "peer": _wanted(_stub(peer, "veth"), peer)})
+        for ipr, msg, attrs in ((ipa, ma, end), (ipb, mb, peer)):
+            if msg is not None:
+                _delete(ipr, msg, attrs.name)
+        # the peer is created straight into its netns (this thread's own netns when it has none)
+        fd = os.open(peer.path or "/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _netlink(f"failed to create veth {end.name} <-> {peer.name}", ipa.link, "add", ifname=end.name,
+                     kind="veth", peer={"ifname": peer.name, "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+        try:
+            after = {"end": _configure_new(ipa, end), "peer": _configure_new(ipb, peer)}
+        except BaseException:
+            _delete(ipa, _find(ipa, end.name), end.name)  # undo: no half-configured pair left
+            raise
+        return Change(True, before, after)
+
+
+# --- macvlan ----------------------------------------------------------------------------
+
+def ensure_macvlan(attrs: LinkAttrs, master: str, check_mode: bool = False) -> Change:
+    """A macvlan on `master` (in this netns), itself in `attrs.netns` or here.
+
+    A macvlan on another master, or one moving into or out of passthru, is re-created; the mode
+    otherwise changes in place.
+    """
+    validate_ifname(master)
+    require_netns(attrs.netns)
+    mode = attrs.mode or "bridge"
+    attrs.mode = mode
+    with link.iproute() as host:
+        mmsg = _find(host, master)
+        if mmsg is None:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"master interface {master!r} not found in the host network "
+                           "namespace; set master to an existing interface (ip link show)")
+        master_mtu = mmsg.get_attr("IFLA_MTU")
+        if attrs.mtu is not None and attrs.mtu > master_mtu:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"mtu {attrs.mtu} is larger than master {master}'s mtu {master_mtu}")
+        with link.iproute(attrs.path or None) as ipr:
+            msg = _find(ipr, attrs.name)
+            if msg is not None:
+                _refuse_foreign(msg, attrs, "macvlan")
+                current = _view(ipr, msg, attrs)
+                same_master = current.get("master_index") == mmsg["index"]
+                if same_master and (current.get("mode") == "passthru") == (mode == "passthru"):
+                    return _named(_reconcile(ipr, msg, attrs, check_mode), master, mmsg["index"])
+                before = current
+            else:
+                before = _absent(attrs)
+            if check_mode:
+                return _named(Change(True, before, _wanted(_stub(attrs, "macvlan"), attrs)), master, mmsg["index"])
+            if msg is not None:
+                _delete(ipr, msg, attrs.name)
+            kw: Dict[str, Any] = {"ifname": attrs.name, "kind": "macvlan", "link": mmsg["index"], "macvlan_mode": mode}
+            fd = link.open_netns(attrs.path) if attrs.path else None
+            if fd is not None:
+                kw["net_ns_fd"] = fd  # created straight in the netns: no name clash with host links
+            try:
+                _netlink(f"failed to create macvlan {attrs.name} on {master}", host.link, "add", **kw)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            try:
+                after = _configure_new(ipr, attrs)
+            except BaseException:
+                _delete(ipr, _find(ipr, attrs.name), attrs.name)
+                raise
+            return _named(Change(True, before, after), master, mmsg["index"])
+
+
+def _named(change: Change, master: str, index: int) -> Change:
+    """Show the master by name in both views (the kernel reports an ifindex)."""
+    for view in (change.before, change.after):
+        if view.get("state") == "present":
+            idx = view.pop("master_index", index)
+            view["master"] = master if idx == index else f"ifindex {idx}"
+    return change
