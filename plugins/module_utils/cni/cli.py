@@ -1,20 +1,98 @@
-"""The `cnikit` command line (cnitool-like); see docs/cli.md."""
+"""The `cnikit` command line (cnitool-like); see docs/cli.md.
+
+Errors are one line on stderr and exit code 1 (set CNIKIT_DEBUG=1 for the traceback).
+"""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
-from typing import List
+import traceback
+from typing import Any, Dict, List, Tuple
+
+NET_VERBS = ("add", "check", "del", "gc", "status")
 
 
-def main(argv: List[str]) -> int:
+class UsageError(Exception):
+    """A user mistake in arguments or environment (reported without a traceback)."""
+
+
+def container_id_for(netns: str) -> str:
+    """cnitool's container ID: `cnitool-` + hex of the first 10 bytes of sha512(abs netns path)."""
+    return "cnitool-" + hashlib.sha512(os.path.abspath(netns).encode()).digest()[:10].hex()
+
+
+def parse_cni_args(raw: str) -> List[Tuple[str, str]]:
+    """CNI_ARGS as cnitool parses it: `K=V;K2=V2`, neither side empty."""
+    out = []
+    for pair in raw.split(";"):
+        kv = pair.split("=")
+        if len(kv) != 2 or not kv[0] or not kv[1]:
+            raise UsageError(f"invalid CNI_ARGS pair {pair!r}")
+        out.append((kv[0], kv[1]))
+    return out
+
+
+def parse_cap_args(raw: str) -> Dict[str, Any]:
+    try:
+        caps = json.loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"CAP_ARGS is not valid JSON: {exc}") from None
+    if not isinstance(caps, dict):
+        raise UsageError("CAP_ARGS must be a JSON object")
+    return caps
+
+
+def net_command(args: argparse.Namespace, environ: Dict[str, str]) -> int:
+    from . import runtime, spec  # noqa: PLC0415 - keep `cnikit version` free of the runtime
+
+    conf_dir = environ.get("NETCONFPATH") or runtime.DEFAULT_CONF_DIR
+    rt_ = runtime.Runtime(conf_dir=conf_dir, cni_path=environ.get("CNI_PATH") or runtime.DEFAULT_CNI_PATH,
+                          cache_dir=args.cache_dir or environ.get("CNI_CACHE_DIR") or runtime.DEFAULT_CACHE_DIR,
+                          environ=environ)
+    net = rt_.load_network(args.network)
+    caps = parse_cap_args(environ["CAP_ARGS"]) if environ.get("CAP_ARGS") else None
+    cni_args = parse_cni_args(environ["CNI_ARGS"]) if environ.get("CNI_ARGS") else []
+    ifname = args.ifname or environ.get("CNI_IFNAME") or "eth0"
+    netns = os.path.abspath(args.netns)
+    rt = runtime.RuntimeConf(container_id=container_id_for(netns), netns=netns, ifname=ifname,
+                             args=cni_args, capability_args=caps)
+    if args.verb == "add":
+        print(spec.dumps(rt_.add(net, rt)))
+    elif args.verb == "check":
+        rt_.check(net, rt)
+    elif args.verb == "del":
+        rt_.delete(net, rt)
+    elif args.verb == "gc":
+        rt_.gc(net, None)  # like cnitool: no valid attachments, every cached one of the net goes
+    else:
+        rt_.status(net)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnikit", description="cnikit CNI toolkit")
     sub = parser.add_subparsers(dest="cmd", required=True)
     inst = sub.add_parser("install-plugins", help="write the CNI executables into a directory")
     inst.add_argument("dest")
     inst.add_argument("--python", default=sys.executable)
     sub.add_parser("version", help="print the supported CNI versions")
-    args = parser.parse_args(argv)
+    net = sub.add_parser("net", help="run a network configuration list against a netns (like cnitool)",
+                         description="Env: CNI_PATH, NETCONFPATH (default /etc/cni/net.d), CNI_ARGS, "
+                                     "CAP_ARGS (JSON), CNI_IFNAME (default eth0), CNI_CACHE_DIR "
+                                     "(default /var/lib/cni).")
+    net.add_argument("verb", choices=NET_VERBS)
+    net.add_argument("network", help="network name (the conflist's `name`)")
+    net.add_argument("netns", help="network namespace path, e.g. /run/netns/blue")
+    net.add_argument("-i", "--ifname", default="", help="interface name (default: $CNI_IFNAME or eth0)")
+    net.add_argument("--cache-dir", default="", help="libcni cache dir (default: $CNI_CACHE_DIR or /var/lib/cni)")
+    return parser
+
+
+def main(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
     if args.cmd == "install-plugins":
         from .main import write_executables  # noqa: PLC0415
 
@@ -27,4 +105,14 @@ def main(argv: List[str]) -> int:
 
         print(spec.dumps(spec.version_info()))
         return 0
-    return 2
+    try:
+        return net_command(args, dict(os.environ))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not crash
+        if os.environ.get("CNIKIT_DEBUG"):
+            traceback.print_exc()
+        code = getattr(exc, "code", None)
+        prefix = f"cnikit: error (code {code}): " if isinstance(code, int) else "cnikit: error: "
+        sys.stderr.write(prefix + str(exc).replace("\n", " ") + "\n")
+        return 1
