@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import spec
 from .spec import CNIError
@@ -100,3 +100,330 @@ def sysctl_set(key: str, value: str, netns: Optional[str] = None) -> None:
     with in_netns(netns):
         with open(sysctl_path(key), "w", encoding="ascii") as fh:
             fh.write(str(value))
+
+
+def sysctl_try_set(key: str, value: str, netns: Optional[str] = None) -> bool:
+    """Best-effort sysctl write (Go plugins ignore failures of arp_notify/accept_ra); True if written."""
+    try:
+        sysctl_set(key, value, netns)
+        return True
+    except OSError:
+        return False
+
+
+# --- link steps shared by the main plugins ----------------------------------------------------
+# Every function below works on an IPRoute socket `ipr` the caller opened in the right netns, and
+# writes sysctls in the calling thread's netns: a plugin wraps container-side work in
+# `with in_netns(ctx.netns): ipr = iproute()`, the Python counterpart of Go's `netns.Do`.
+
+Iface = Dict[str, Any]  # {"name", "index", "mac", "mtu", "kind", "master", "link", "up", "alias", ...}
+
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+
+
+def errstr(exc: BaseException) -> str:
+    """An OS/netlink error as Go prints a syscall.Errno ("file exists", "no such device")."""
+    code = netlink_error_code(exc) or getattr(exc, "errno", None)
+    if code:
+        text = os.strerror(abs(code))
+        return text[:1].lower() + text[1:]
+    return str(exc)
+
+
+def fail(msg: str, exc: Optional[BaseException] = None) -> CNIError:
+    """A plugin-logic failure: Go returns a plain error, which the skel prints as code 999."""
+    return CNIError(spec.ERR_INTERNAL, f"{msg}: {errstr(exc)}" if exc is not None else msg)
+
+
+def random_veth_name() -> str:
+    """Go ip.RandomVethName: "veth" + 8 random hex chars (NetworkManager ignores veth*)."""
+    return "veth" + os.urandom(4).hex()
+
+
+def iface_info(msg: Any) -> Iface:
+    """The fields of an RTM_NEWLINK message the plugins use, as plain Python values."""
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    return {"name": msg.get_attr("IFLA_IFNAME"), "index": msg["index"], "mac": msg.get_attr("IFLA_ADDRESS") or "",
+            "mtu": msg.get_attr("IFLA_MTU") or 0, "kind": info.get_attr("IFLA_INFO_KIND") if info is not None else None,
+            "data": data, "master": msg.get_attr("IFLA_MASTER"), "link": msg.get_attr("IFLA_LINK"),
+            "up": bool(msg["flags"] & IFF_UP), "promisc": bool(msg["flags"] & IFF_PROMISC),
+            "alias": msg.get_attr("IFLA_IFALIAS"), "operstate": msg.get_attr("IFLA_OPERSTATE")}
+
+
+def get_link(ipr: Any, name: Optional[str] = None, index: Optional[int] = None) -> Optional[Iface]:
+    """The link called `name` (or with `index`) in ipr's netns, None if there is none."""
+    try:
+        if index is None:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                return None
+            index = found[0]
+        return iface_info(ipr.get_links(index)[0])
+    except Exception as exc:  # noqa: BLE001 - only "no such device" means absent
+        if is_enodev(exc):
+            return None
+        raise
+
+
+def require_link(ipr: Any, name: str, what: str = "") -> Iface:
+    """Like Go netlink.LinkByName: the link, or the error `failed to lookup "<what or name>"`."""
+    found = get_link(ipr, name)
+    if found is None:
+        raise fail(f'failed to lookup {what or json_quote(name)}: Link not found')
+    return found
+
+
+def json_quote(text: str) -> str:
+    """Go's %q for plain strings."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_link(ipr: Any, index: int, **attrs: Any) -> None:
+    ipr.link("set", index=index, **attrs)
+
+
+def default_route_interface(ipr: Any) -> str:
+    """Go getDefaultRouteInterfaceName: the device of the first main-table route without a dst."""
+    for family in (2, 10):  # AF_INET, AF_INET6 as netlink FAMILY_ALL lists them
+        for route in ipr.get_routes(family=family, table=254):
+            if route["dst_len"] == 0 and route.get_attr("RTA_OIF"):
+                found = get_link(ipr, index=route.get_attr("RTA_OIF"))
+                if found:
+                    return found["name"]
+    raise fail("no default route interface found")
+
+
+def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Optional[str] = None) -> Tuple[Iface, Iface]:
+    """Go ip.SetupVeth, called from inside the container netns (ipr bound to it): create `ifname`
+    with its peer `veth<8 hex>` in the netns open at fd `host_netns`, retrying on a name clash;
+    the host side is set up with accept_ra=0. Returns (host, container)."""
+    extra: Dict[str, Any] = {"mtu": mtu} if mtu else {}
+    for _ in range(10):
+        peer = random_veth_name()
+        try:
+            ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer, "net_ns_fd": host_netns, **extra},
+                     **extra, **({"address": mac} if mac else {}))
+            break
+        except Exception as exc:  # noqa: BLE001 - mapped to Go's messages below
+            if netlink_error_code(exc) != errno.EEXIST:
+                raise fail("failed to make veth pair", exc) from None
+            if get_link(ipr, ifname) is not None:
+                raise fail(f"container veth name provided ({ifname}) already exists") from None
+    else:
+        raise fail("failed to find a unique veth name")
+    cont = require_link(ipr, ifname)
+    with in_netns(f"/proc/self/fd/{host_netns}"):
+        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415 - lazy on purpose
+
+        with IPRoute() as host_ipr:
+            host = require_link(host_ipr, peer, json_quote(peer))
+            set_link(host_ipr, host["index"], state="up")
+            sysctl_try_set(f"net/ipv6/conf/{peer}/accept_ra", "0")
+            host = require_link(host_ipr, peer)
+    return host, cont
+
+
+def create_in_netns(ipr: Any, netns_fd: int, netns: str, ifname: str, kind: str, what: str,
+                    mtu: int = 0, mac: Optional[str] = None, **attrs: Any) -> Iface:
+    """Create a `kind` link from the host (ipr bound to the master's netns) straight into the
+    container netns under a temporary name, then rename it to `ifname` there (Go: a kernel bug
+    makes a direct create collide with host names). Deletes it again if the rename fails."""
+    tmp = random_veth_name()
+    extra: Dict[str, Any] = dict(attrs)
+    if mtu:
+        extra["mtu"] = mtu
+    if mac:
+        extra["address"] = mac
+    try:
+        ipr.link("add", ifname=tmp, kind=kind, net_ns_fd=netns_fd, **extra)
+    except Exception as exc:  # noqa: BLE001
+        raise fail(f"failed to create {what}", exc) from None
+    with in_netns(netns):
+        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415
+
+        with IPRoute() as cipr:
+            made = require_link(cipr, tmp)
+            try:
+                set_link(cipr, made["index"], ifname=ifname)
+            except Exception as exc:  # noqa: BLE001
+                cipr.link("del", index=made["index"])
+                raise fail(f"failed to rename {what} to {json_quote(ifname)}", exc) from None
+            return require_link(cipr, ifname)
+
+
+def link_addresses(ipr: Any, index: int, family: int = 0) -> List[str]:
+    """The addresses of a link as "ip/prefix" strings (IFA_LOCAL first: it is ours on a ptp link)."""
+    out = []
+    for msg in ipr.get_addr(index=index, **({"family": family} if family else {})):
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        out.append(f"{addr}/{msg['prefixlen']}")
+    return out
+
+
+def delete_link(ipr: Any, name: str) -> Optional[List[str]]:
+    """Go ip.DelLinkByNameAddr: delete `name`, return its global unicast addresses (None: no link)."""
+    import ipaddress  # noqa: PLC0415
+
+    found = get_link(ipr, name)
+    if found is None:
+        return None
+    addrs = link_addresses(ipr, found["index"])
+    try:
+        ipr.link("del", index=found["index"])
+    except Exception as exc:  # noqa: BLE001
+        if is_enodev(exc):
+            return None
+        raise fail(f"failed to delete {json_quote(name)}", exc) from None
+    return [a for a in addrs if is_global_unicast(ipaddress.ip_interface(a).ip)]
+
+
+def is_global_unicast(ip: Any) -> bool:
+    """Go net.IP.IsGlobalUnicast (private ranges count; link-local, loopback, multicast do not)."""
+    return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local
+                or str(ip) == "255.255.255.255")
+
+
+def settle_addresses(ipr: Any, index: int, timeout: float = 10.0) -> None:
+    """Go ip.SettleAddresses: wait until no IPv6 address is tentative (DAD), ignoring a timeout."""
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flags = [m.get_attr("IFA_FLAGS") or m["flags"] for m in ipr.get_addr(index=index, family=10)]
+        if any(f & IFA_F_DADFAILED for f in flags):
+            return
+        if not any(f & IFA_F_TENTATIVE for f in flags):
+            return
+        time.sleep(0.05)
+
+
+def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any]) -> None:
+    """Go ipam.ConfigureIface, in the container netns: the addresses whose `interface` index
+    names `ifname` (re-enabling IPv6 on lo and the link first if needed), link up, DAD settle when
+    there is an IPv6 gateway, then the routes (a missing gw = the first gateway of the family)."""
+    import ipaddress  # noqa: PLC0415
+
+    if not result.get("interfaces"):
+        raise fail("no interfaces to configure")
+    found = require_link(ipr, ifname, json_quote(ifname))
+    v4gw = v6gw = None
+    ipv6_enabled = False
+    for ipc in result.get("ips") or []:
+        if ipc.get("interface") is None:
+            continue
+        idx = ipc["interface"]
+        if idx < 0 or idx >= len(result["interfaces"]) or result["interfaces"][idx].get("name") != ifname:
+            raise fail(f"failed to add IP addr {ipc['address']} to {json_quote(ifname)}: invalid interface index")
+        iface = ipaddress.ip_interface(ipc["address"])
+        if iface.version == 6 and not ipv6_enabled:
+            for dev in ("lo", ifname):
+                key = f"net/ipv6/conf/{dev}/disable_ipv6"
+                try:
+                    if sysctl_get(key) != "0":
+                        sysctl_set(key, "0")
+                except OSError:
+                    continue  # Go logs a failed read and goes on
+            ipv6_enabled = True
+        try:
+            ipr.addr("add", index=found["index"], address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except Exception as exc:  # noqa: BLE001
+            raise fail(f"failed to add IP addr {ipc['address']} to {json_quote(ifname)}", exc) from None
+        gw = ipc.get("gateway")
+        if gw and ":" not in gw and v4gw is None:
+            v4gw = gw
+        elif gw and ":" in gw and v6gw is None:
+            v6gw = gw
+    try:
+        set_link(ipr, found["index"], state="up")
+    except Exception as exc:  # noqa: BLE001
+        raise fail(f"failed to set {json_quote(ifname)} UP", exc) from None
+    if v6gw:
+        settle_addresses(ipr, found["index"])
+    for route in result.get("routes") or []:
+        dst = route["dst"]
+        gw = route.get("gw") or (v6gw if ":" in dst else v4gw)
+        try:
+            add_route(ipr, dst, gw, found["index"], append=True)
+        except Exception as exc:  # noqa: BLE001
+            raise fail(f"failed to add route '{dst} via {gw} dev {ifname}'", exc) from None
+
+
+def add_route(ipr: Any, dst: str, gw: Optional[str], oif: int, scope: Optional[int] = None,
+              append: bool = False, **attrs: Any) -> None:
+    """One route; `append` is Go's RouteAddEcmp (NLM_F_APPEND), otherwise NLM_F_EXCL."""
+    import ipaddress  # noqa: PLC0415
+
+    net = ipaddress.ip_network(dst, strict=False)
+    kw: Dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif,
+                          "family": 10 if net.version == 6 else 2, **attrs}
+    if gw:
+        kw["gateway"] = gw
+    if scope is not None:
+        kw["scope"] = scope
+    ipr.route("append" if append else "add", **kw)
+
+
+# --- CHECK helpers (Go ip.ValidateExpectedInterfaceIPs / ValidateExpectedRoute) -----------------
+
+def _main_routes(ipr: Any, family: int) -> List[Tuple[str, Optional[str]]]:
+    out = []
+    for r in ipr.get_routes(family=family, table=254):
+        dst = r.get_attr("RTA_DST")
+        out.append((f"{dst}/{r['dst_len']}" if dst else None, r.get_attr("RTA_GATEWAY")))
+    return out
+
+
+def check_interface_ips(ipr: Any, ifname: str, ips: List[Dict[str, Any]]) -> None:
+    """Every result IP is on `ifname`, and a main-table route to its subnet exists."""
+    import ipaddress  # noqa: PLC0415
+
+    for ipc in ips:
+        found = get_link(ipr, ifname)
+        if found is None:
+            raise fail(f"Cannot find container link {ifname}")
+        want = ipaddress.ip_interface(ipc["address"])
+        have = {ipaddress.ip_interface(a) for a in link_addresses(ipr, found["index"])}
+        if want not in have:
+            raise fail(f"Failed to match addr {want} on interface {ifname}")
+        routes = _main_routes(ipr, 10 if want.version == 6 else 2)
+        if not any(dst is not None and ipaddress.ip_network(dst) == want.network for dst, _ in routes):
+            raise fail(f"Failed to find Gateway {ipc.get('gateway') or '<nil>'} for interface {ifname}")
+
+
+def check_routes(ipr: Any, routes: List[Dict[str, Any]]) -> None:
+    """Every result route is in the main table (dst, and gw unless it is a default route)."""
+    import ipaddress  # noqa: PLC0415
+
+    for route in routes:
+        net = ipaddress.ip_network(route["dst"], strict=False)
+        want_gw = route.get("gw")
+        found = False
+        for dst, gw in _main_routes(ipr, 10 if net.version == 6 else 2):
+            if net.prefixlen == 0:
+                found = dst is None or ipaddress.ip_network(dst).prefixlen == 0
+            else:
+                found = dst is not None and ipaddress.ip_network(dst) == net and (
+                    (gw is None and not want_gw) or (gw is not None and want_gw is not None
+                                                     and ipaddress.ip_address(gw) == ipaddress.ip_address(want_gw)))
+            if found:
+                break
+        if not found:
+            raise fail(f"Expected Route {{Dst:{net} GW:{want_gw or '<nil>'}}} not found in routing table")
+
+
+def move_link(ipr: Any, index: int, netns_fd: int, new_name: Optional[str] = None) -> None:
+    """Move a link into the netns open at `netns_fd` (down first: the kernel keeps flags)."""
+    set_link(ipr, index, state="down")
+    attrs: Dict[str, Any] = {"net_ns_fd": netns_fd}
+    if new_name:
+        attrs["ifname"] = new_name
+    set_link(ipr, index, **attrs)
+
+
+def current_netns_fd() -> int:
+    """An fd of the calling thread's netns (caller closes it): Go's `ns.GetCurrentNS()`."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
