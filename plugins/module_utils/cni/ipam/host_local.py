@@ -20,18 +20,18 @@ from .store import IPAddr, Store, parse_ip
 ERR = spec.ERR_INTERNAL  # Go host-local returns plain errors: the skel reports them as 999
 
 
-def _type_error(value: Any, what: str) -> CNIError:
+def type_error(value: Any, what: str) -> CNIError:
     kind = {bool: "bool", int: "number", float: "number", list: "array", dict: "object"}.get(type(value), "value")
     return CNIError(ERR, f"json: cannot unmarshal {kind} into Go value of type {what}")
 
 
-def _json_ip(obj: Dict[str, Any], key: str) -> Optional[IPAddr]:
+def json_ip(obj: Dict[str, Any], key: str) -> Optional[IPAddr]:
     """A `net.IP` JSON field: absent/"" is unset, anything else must parse."""
     val = obj.get(key)
     if val is None or val == "":
         return None
     if not isinstance(val, str):
-        raise _type_error(val, "string")
+        raise type_error(val, "string")
     ip = parse_ip(val)
     if ip is None:
         raise CNIError(ERR, f"invalid IP address: {val}")
@@ -41,7 +41,7 @@ def _json_ip(obj: Dict[str, Any], key: str) -> Optional[IPAddr]:
 def parse_cidr(text: Any) -> Tuple[IPAddr, int]:
     """Go `net.ParseCIDR`, keeping the address as written (host bits included)."""
     if not isinstance(text, str):
-        raise _type_error(text, "string")
+        raise type_error(text, "string")
     addr, sep, mask = text.partition("/")
     ip = None if "%" in addr else _try_ip(addr)
     if not sep or ip is None or not (mask.isascii() and mask.isdigit()) or int(mask) > ip.max_prefixlen:
@@ -59,7 +59,7 @@ def _try_ip(text: str) -> Optional[IPAddr]:
 def parse_requested_ip(text: Any) -> Optional[IPAddr]:
     """The plugins' `ip.IP` (CNI_ARGS IP, args.cni.ips, runtimeConfig.ips): "ip" or "ip/prefix"."""
     if not isinstance(text, str):
-        raise _type_error(text, "string")
+        raise type_error(text, "string")
     if text == "":
         return None
     if "/" in text:
@@ -109,16 +109,18 @@ def _canonical_range(raw: Dict[str, Any]) -> Range:
     if network.network_address != ip:
         raise ValueError(f"Network has host bits set. For a subnet mask of length {ones} "
                          f"the network address is {network.network_address}")
-    gateway = _json_ip(raw, "gateway") or network.network_address + 1
+    gateway = json_ip(raw, "gateway")
+    if gateway is None:
+        gateway = network.network_address + 1
     probe = Range(network, gateway, network.network_address, network.broadcast_address)
-    start = _json_ip(raw, "rangeStart")
+    start = json_ip(raw, "rangeStart")
     if start is not None:
         if not probe.contains(start):
             raise ValueError(f"RangeStart {start} not in network {network}")
     else:
         start = network.network_address + 1
     probe.start = start
-    end = _json_ip(raw, "rangeEnd")
+    end = json_ip(raw, "rangeEnd")
     if end is not None:
         if not probe.contains(end):  # also refuses an end below the start, as Go does
             raise ValueError(f"RangeEnd {end} not in network {network}")
@@ -170,13 +172,13 @@ class RangeSet(List[Range]):
 
 def _canonical_set(raw: Any) -> RangeSet:
     if not isinstance(raw, list):
-        raise _type_error(raw, "allocator.RangeSet")
+        raise type_error(raw, "allocator.RangeSet")
     if not raw:
         raise ValueError("empty range set")
     rs = RangeSet()
     for item in raw:
         if not isinstance(item, dict):
-            raise _type_error(item, "allocator.Range")
+            raise type_error(item, "allocator.Range")
         rs.append(_canonical_range(item))
         if rs[-1].start.version != rs[0].start.version:
             raise ValueError("mixed address families")
@@ -198,19 +200,19 @@ class IpamConf:
     requested: List[IPAddr] = field(default_factory=list)
 
 
-def _routes(raw: Any) -> List[Dict[str, Any]]:
+def parse_routes(raw: Any) -> List[Dict[str, Any]]:
     """`routes` verbatim, with dst/gw re-printed the way Go re-marshals them."""
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise _type_error(raw, "[]*types.Route")
+        raise type_error(raw, "[]*types.Route")
     out = []
     for route in raw:
         if not isinstance(route, dict):
-            raise _type_error(route, "types.Route")
+            raise type_error(route, "types.Route")
         ip, ones = parse_cidr(route.get("dst", ""))
         entry = dict(route, dst=f"{ip}/{ones}")
-        gw = _json_ip(route, "gw")
+        gw = json_ip(route, "gw")
         if gw is not None:
             entry["gw"] = str(gw)
         else:
@@ -223,7 +225,7 @@ def _ip_list(raw: Any) -> List[Optional[IPAddr]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise _type_error(raw, "[]*ip.IP")
+        raise type_error(raw, "[]*ip.IP")
     try:
         return [parse_requested_ip(item) for item in raw]
     except ValueError as exc:
@@ -237,10 +239,10 @@ def load_config(conf: Dict[str, Any], ctx: skel.Context) -> IpamConf:
         raise CNIError(ERR, "IPAM config missing 'ipam' key")
     for key in ("dataDir", "resolvConf"):
         if not isinstance(ipam.get(key, ""), str):
-            raise _type_error(ipam[key], "string")
+            raise type_error(ipam[key], "string")
     runtime = conf.get("runtimeConfig") or {}
     args_cni = ((conf.get("args") or {}).get("cni") or {}) if isinstance(conf.get("args"), dict) else {}
-    routes = _routes(ipam.get("routes"))
+    routes = parse_routes(ipam.get("routes"))
 
     requested: List[Optional[IPAddr]] = []
     env = skel.load_args(ctx.args, {"IP": parse_requested_ip})
@@ -258,7 +260,7 @@ def load_config(conf: Dict[str, Any], ctx: skel.Context) -> IpamConf:
         raw_sets.append([{k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}])
     if ipam.get("ranges") is not None:
         if not isinstance(ipam["ranges"], list):
-            raise _type_error(ipam["ranges"], "[]allocator.RangeSet")
+            raise type_error(ipam["ranges"], "[]allocator.RangeSet")
         raw_sets += ipam["ranges"]
     if not raw_sets:
         raise CNIError(ERR, "no IP ranges specified")
