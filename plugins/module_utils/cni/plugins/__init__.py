@@ -46,3 +46,24 @@ def prev_result(conf: Conf, required: bool = True) -> Optional[Result]:
     if prev is None and required:
         raise CNIError(spec.ERR_INVALID_CONFIG, f"must be called as chained plugin (missing prevResult)")
     return prev
+
+
+_GO_TYPES = {str: "string", int: "int", bool: "bool", list: "[]", dict: "map"}
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "bool", list: "array", dict: "object",
+               type(None): "null"}
+
+
+def conf_field(conf: Conf, key: str, kind: type, default: Any = None, struct: str = "NetConf") -> Any:
+    """A typed config key, failing like Go's json.Unmarshal into the plugin's struct (code 999,
+    "failed to load netconf: json: cannot unmarshal ..."); null and absent give the default."""
+    val = conf.get(key)
+    if val is None:
+        return default
+    ok = isinstance(val, kind) and not (kind is int and isinstance(val, bool))
+    if kind is int and isinstance(val, float) and val.is_integer():
+        val, ok = int(val), True
+    if not ok:
+        raise CNIError(spec.ERR_INTERNAL, "failed to load netconf: json: cannot unmarshal "
+                       f"{_JSON_TYPES.get(type(val), 'value')} into Go struct field {struct}.{key} "
+                       f"of type {_GO_TYPES.get(kind, kind.__name__)}")
+    return val
