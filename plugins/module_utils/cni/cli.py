@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     inst = sub.add_parser("install-plugins", help="write the CNI executables into a directory")
     inst.add_argument("dest")
     inst.add_argument("--python", default=sys.executable)
+    inst.add_argument("--agent-socket", default=None, help="the node agent's socket the plugins use when it is up")
+    agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
+    agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
     sub.add_parser("version", help="print the supported CNI versions")
     net = sub.add_parser("net", help="run a network configuration list against a netns (like cnitool)",
                          description="Env: CNI_PATH, NETCONFPATH (default /etc/cni/net.d), CNI_ARGS, "
@@ -97,9 +100,13 @@ def main(argv: List[str]) -> int:
         from .main import write_executables  # noqa: PLC0415
 
         libdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        for path in write_executables(args.dest, args.python, libdir):
+        for path in write_executables(args.dest, args.python, libdir, socket=args.agent_socket):
             print(path)
         return 0
+    if args.cmd == "agent":
+        from . import agent  # noqa: PLC0415
+
+        return agent.serve(args.socket or agent.DEFAULT_SOCKET)
     if args.cmd == "version":
         from . import spec  # noqa: PLC0415
 
