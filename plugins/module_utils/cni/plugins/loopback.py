@@ -1,0 +1,51 @@
+"""loopback: bring `lo` up in the container (Go plugins/main/loopback, v1.1.1 behaviour).
+
+CNI_IFNAME is ignored; the result names `lo` with its first IPv4 and IPv6 address, or echoes a
+prevResult unchanged when chained. DEL sets `lo` down and succeeds when the netns is gone.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from .. import link, skel, spec
+from . import Conf, Plugin, Result
+
+
+class Loopback(Plugin):
+    name = "loopback"
+
+    def add(self, ctx: skel.Context, conf: Conf) -> Result:
+        with link.in_netns(ctx.netns):
+            with link.iproute() as ipr:
+                lo = link.require_link(ipr, "lo")
+                link.set_link(ipr, lo["index"], state="up")
+                first = {}
+                for family in (2, 10):
+                    addrs = link.link_addresses(ipr, lo["index"], family)
+                    for addr in addrs:
+                        if not ipaddress.ip_interface(addr).ip.is_loopback:
+                            raise link.fail("loopback interface found with non-loopback address "
+                                            + link.json_quote(addr.split("/")[0]))
+                    if addrs:
+                        first[family] = addrs[0]
+        if conf.get("prevResult") is not None:
+            return conf["prevResult"]
+        ips = [{"interface": 0, "address": first[f]} for f in (2, 10) if f in first]
+        return spec.new_result(interfaces=[{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": ctx.netns}], ips=ips)
+
+    def check(self, ctx: skel.Context, conf: Conf) -> None:
+        with link.in_netns(ctx.netns):
+            with link.iproute() as ipr:
+                if not link.require_link(ipr, "lo")["up"]:
+                    raise link.fail("loopback interface is down")
+
+    def delete(self, ctx: skel.Context, conf: Conf) -> None:
+        if not ctx.netns:
+            return
+        try:
+            with link.in_netns(ctx.netns):
+                with link.iproute() as ipr:
+                    lo = link.require_link(ipr, "lo")
+                    link.set_link(ipr, lo["index"], state="down")
+        except link.NetnsNotFound:
+            return  # the container is gone already: nothing to undo
