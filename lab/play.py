@@ -1,0 +1,83 @@
+"""Run ansible-playbook against the lab: the collection found from this checkout, the recap parsed."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INVENTORY = os.path.join(ROOT, "inventory", "lab", "hosts.yml")
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)", re.M)
+
+
+def collections_path() -> str:
+    """A directory holding ansible_collections/cnikit/cni -> this checkout (made once, race-safe)."""
+    base = os.path.join(ROOT, "build", "ansible")
+    link = os.path.join(base, "ansible_collections", "cnikit", "cni")
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        try:
+            os.symlink(ROOT, link)
+        except FileExistsError:
+            pass
+    return base
+
+
+def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    e = dict(os.environ)
+    e.update({
+        "ANSIBLE_COLLECTIONS_PATH": collections_path(),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_LOCAL_TEMP": os.path.join(ROOT, "build", "ansible", "tmp"),
+        # the nodes share the controller's filesystem (only /run and the CNI dirs are private),
+        # so the controller's interpreter — which has pyroute2 — is theirs too
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+    })
+    e.update(extra or {})
+    return e
+
+
+@dataclass
+class PlayResult:
+    rc: int
+    output: str
+    seconds: float
+    recap: Dict[str, Dict[str, int]]
+
+    @property
+    def changed(self) -> int:
+        return sum(h["changed"] for h in self.recap.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(h["failed"] + h["unreachable"] for h in self.recap.values())
+
+
+def playbook(playbook_path: str, args: Sequence[str] = (), inventory: str = INVENTORY,
+             extra_env: Optional[Dict[str, str]] = None, echo: bool = False) -> PlayResult:
+    """Run one playbook; with `echo`, stream its output (the demo shows progress)."""
+    argv: List[str] = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
+                       playbook_path, *args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env=env(extra_env))
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            sys.stdout.write("    " + line)
+            sys.stdout.flush()
+    rc = proc.wait()
+    out = "".join(lines)
+    recap = {m.group(1): dict(ok=int(m.group(2)), changed=int(m.group(3)), unreachable=int(m.group(4)),
+                              failed=int(m.group(5)), skipped=int(m.group(6))) for m in RECAP.finditer(out)}
+    return PlayResult(rc, out, time.monotonic() - t0, recap)
