@@ -201,7 +201,8 @@ def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Option
     """Go ip.SetupVeth, called from inside the container netns (ipr bound to it): create `ifname`
     with its peer `veth<8 hex>` in the netns open at fd `host_netns`, retrying on a name clash;
     the host side is set up with accept_ra=0. Returns (host, container)."""
-    extra: Dict[str, Any] = {"mtu": mtu} if mtu else {}
+    # Go's LinkAttrs{} literal sends TxQLen 0 for both ends; MTU only when set
+    extra: Dict[str, Any] = {"txqlen": 0, **({"mtu": mtu} if mtu else {})}
     for _ in range(10):
         peer = random_veth_name()
         try:
@@ -233,7 +234,7 @@ def create_in_netns(ipr: Any, netns_fd: int, netns: str, ifname: str, kind: str,
     container netns under a temporary name, then rename it to `ifname` there (Go: a kernel bug
     makes a direct create collide with host names). Deletes it again if the rename fails."""
     tmp = random_veth_name()
-    extra: Dict[str, Any] = dict(attrs)
+    extra: Dict[str, Any] = {"txqlen": 0, **attrs}  # Go's LinkAttrs{} literal sends TxQLen 0
     if mtu:
         extra["mtu"] = mtu
     if mac:
@@ -329,7 +330,7 @@ def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any]) -> None:
                     continue  # Go logs a failed read and goes on
             ipv6_enabled = True
         try:
-            ipr.addr("add", index=found["index"], address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            add_address(ipr, found["index"], ipc["address"])
         except Exception as exc:  # noqa: BLE001
             raise fail(f"failed to add IP addr {ipc['address']} to {json_quote(ifname)}", exc) from None
         gw = ipc.get("gateway")
@@ -352,14 +353,26 @@ def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any]) -> None:
             raise fail(f"failed to add route '{dst} via {gw} dev {ifname}'", exc) from None
 
 
+def add_address(ipr: Any, index: int, cidr: str) -> None:
+    """One address; IPv4 gets the subnet broadcast as Go's netlink.AddrAdd computes it."""
+    import ipaddress  # noqa: PLC0415
+
+    iface = ipaddress.ip_interface(cidr)
+    extra: Dict[str, Any] = {}
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        extra["broadcast"] = str(iface.network.broadcast_address)
+    ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
+
+
 def add_route(ipr: Any, dst: str, gw: Optional[str], oif: int, scope: Optional[int] = None,
               append: bool = False, **attrs: Any) -> None:
     """One route; `append` is Go's RouteAddEcmp (NLM_F_APPEND), otherwise NLM_F_EXCL."""
     import ipaddress  # noqa: PLC0415
 
     net = ipaddress.ip_network(dst, strict=False)
+    # proto boot (3) like Go's netlink.RouteAdd, not pyroute2's default "static"
     kw: Dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif,
-                          "family": 10 if net.version == 6 else 2, **attrs}
+                          "family": 10 if net.version == 6 else 2, "proto": 3, **attrs}
     if gw:
         kw["gateway"] = gw
     if scope is not None:
@@ -412,7 +425,13 @@ def check_routes(ipr: Any, routes: List[Dict[str, Any]]) -> None:
             if found:
                 break
         if not found:
-            raise fail(f"Expected Route {{Dst:{net} GW:{want_gw or '<nil>'}}} not found in routing table")
+            raise fail(f"Expected Route {go_route(net, want_gw)} not found in routing table")
+
+
+def go_route(net: Any, gw: Optional[str]) -> str:
+    """A types.Route as Go's %v prints it: {Dst:{IP:10.0.0.0 Mask:ffffff00} GW:<nil>}."""
+    mask = net.netmask.packed.hex()
+    return f"{{Dst:{{IP:{net.network_address} Mask:{mask}}} GW:{gw or '<nil>'}}}"
 
 
 def move_link(ipr: Any, index: int, netns_fd: int, new_name: Optional[str] = None) -> None:
@@ -427,3 +446,19 @@ def move_link(ipr: Any, index: int, netns_fd: int, new_name: Optional[str] = Non
 def current_netns_fd() -> int:
     """An fd of the calling thread's netns (caller closes it): Go's `ns.GetCurrentNS()`."""
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def parse_mac(text: str) -> str:
+    """Go net.ParseMAC for 6-byte addresses (colon, dash or dotted form), as lowercase colon form;
+    ValueError carries Go's message."""
+    import re  # noqa: PLC0415
+
+    hexes: List[str] = []
+    if re.fullmatch(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", text) and len(set(text[2::3])) == 1:
+        hexes = re.split(r"[:-]", text)
+    elif re.fullmatch(r"([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4}", text):
+        flat = text.replace(".", "")
+        hexes = [flat[i:i + 2] for i in range(0, 12, 2)]
+    if not hexes:
+        raise ValueError(f"address {text}: invalid MAC address")
+    return ":".join(h.lower() for h in hexes)
