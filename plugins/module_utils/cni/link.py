@@ -197,6 +197,21 @@ def default_route_interface(ipr: Any) -> str:
     raise fail("no default route interface found")
 
 
+def route_oif_name(ipr: Any, dst: str) -> Optional[str]:
+    """Go getRoutableHostIF: the name of the link the kernel routes `dst` through, None if no route."""
+    try:
+        routes = ipr.route("get", dst=dst)
+    except Exception as exc:  # noqa: BLE001 - unreachable is an answer, not an error
+        if netlink_error_code(exc) is not None:
+            return None
+        raise
+    for route in routes:
+        found = get_link(ipr, index=route.get_attr("RTA_OIF")) if route.get_attr("RTA_OIF") else None
+        if found:
+            return found["name"]
+    return None
+
+
 def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Optional[str] = None) -> Tuple[Iface, Iface]:
     """Go ip.SetupVeth, called from inside the container netns (ipr bound to it): create `ifname`
     with its peer `veth<8 hex>` in the netns open at fd `host_netns`, retrying on a name clash;
