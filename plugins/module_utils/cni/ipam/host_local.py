@@ -268,10 +268,8 @@ def load_config(conf: Dict[str, Any], ctx: skel.Context) -> IpamConf:
     for i, raw in enumerate(raw_sets):
         try:
             ranges.append(_canonical_set(raw))
-        except ValueError as exc:
+        except ValueError as exc:  # JSON decode errors (CNIError) are not wrapped in Go either
             raise CNIError(ERR, f"invalid range set {i}: {exc}") from None
-        except CNIError as exc:
-            raise CNIError(ERR, f"invalid range set {i}: {exc.msg}") from None
     v4 = sum(1 for rs in ranges if rs[0].start.version == 4)
     if (v4 > 1 or len(ranges) - v4 > 1) and not spec.version_ge(conf["cniVersion"], "0.3.0"):
         raise CNIError(ERR, f"CNI version {conf['cniVersion']} does not support more than 1 address per family")
@@ -408,7 +406,9 @@ class HostLocal(Plugin):
         probe = store.dir
         while not os.path.exists(probe) and os.path.dirname(probe) != probe:
             probe = os.path.dirname(probe)
-        if not os.access(probe, os.W_OK | os.X_OK):
+        # The nearest existing ancestor is what ADD's mkdir/create would hit (root bypasses
+        # modes, so a read-only mount or a file in the way is what makes it fail).
+        if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
             raise CNIError(spec.ERR_NOT_AVAILABLE, f"host-local: data directory {store.dir} is not writable")
         for idx, rs in enumerate(ipam.ranges):
             if first_free(store, rs) is None:
