@@ -119,3 +119,9 @@ class Static(Plugin):
 
     def delete(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
         """Nothing was allocated, so nothing to release (Go: no-op, not even config parsing)."""
+
+    def gc(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
+        """Nothing is stored, nothing to collect (the inherited GC would delegate to itself forever)."""
+
+    def status(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
+        """Always available: static keeps no state."""
