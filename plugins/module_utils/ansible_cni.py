@@ -1,0 +1,56 @@
+# Copyright: cnikit maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The thin Ansible-side client every cnikit.cni module is built on (like community.docker's
+AnsibleDockerClient): it builds the AnsibleModule, checks that pyroute2 is importable, runs the one
+engine call, turns engine errors into fail_json with their CNI code, and adds the diff."""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.spec import CNIError
+
+
+class CNIModule:
+    """An AnsibleModule plus the conventions shared by the collection's modules."""
+
+    def __init__(self, argument_spec: dict, needs_netlink: bool = True, **kwargs) -> None:
+        kwargs.setdefault("supports_check_mode", True)
+        self.module = AnsibleModule(argument_spec=argument_spec, **kwargs)
+        self.params = self.module.params
+        if needs_netlink:
+            self._require_pyroute2()
+
+    def _require_pyroute2(self) -> None:
+        try:
+            # the engine imports pyroute2 lazily; probe it here so a missing library is one clear message
+            import pyroute2.iproute.linux  # noqa: F401 pylint: disable=unused-import
+        except ImportError:
+            self.module.fail_json(msg=missing_required_lib("pyroute2"), exception=traceback.format_exc())
+
+    @property
+    def check_mode(self) -> bool:
+        return self.module.check_mode
+
+    def run(self, call, *args, **kwargs):
+        """Run one engine call; a CNIError (or anything unexpected) becomes a clean failure."""
+        try:
+            return call(*args, **kwargs)
+        except CNIError as err:
+            self.module.fail_json(msg=str(err), cni_code=err.code)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self.module.fail_json(msg=f"unexpected error ({type(exc).__name__}): {exc}",
+                                  exception=traceback.format_exc())
+        return None  # not reached: fail_json exits
+
+    def exit(self, changed: bool, before=None, after=None, **results) -> None:
+        """exit_json with `changed` and, in diff mode, the before/after views."""
+        if self.module._diff and (before is not None or after is not None):  # pylint: disable=protected-access
+            results["diff"] = {"before": before, "after": after}
+        self.module.exit_json(changed=changed, **results)
+
+    def exit_change(self, change, **results) -> None:
+        """exit for a netstate.Change; `state` is the after view."""
+        self.exit(change.changed, change.before, change.after, state=change.after, **results)
