@@ -30,8 +30,9 @@ DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 DEFAULT_CNI_PATH = "/opt/cni/bin"
 CACHE_KIND = "cniCacheV1"
-# Shebang launchers written by main.write_executables: such a "binary" on CNI_PATH is run in-process.
-_LAUNCHER_MARK = b"from cni.main import main"
+# A script on CNI_PATH whose head names our engine is one of our launchers (main.write_executables):
+# run it in-process. ELF binaries (the Go plugins) and other scripts are exec'd.
+_LAUNCHER_MARKS = (b"cni.main", b"cnikit")
 
 Result = Dict[str, Any]
 
@@ -168,6 +169,15 @@ def list_networks(conf_dir: str) -> List[Tuple[str, str]]:
     return out
 
 
+def is_our_launcher(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and any(mark in head for mark in _LAUNCHER_MARKS)
+
+
 # --- the runtime --------------------------------------------------------------------------
 
 class Runtime:
@@ -208,10 +218,8 @@ class Runtime:
             if registry.is_builtin(ptype):
                 return None
             raise _invalid(f'failed to find plugin "{ptype}" in path {self.cni_path}') from None
-        if registry.is_builtin(ptype):
-            with open(path, "rb") as fh:
-                if _LAUNCHER_MARK in fh.read(512):
-                    return None
+        if registry.is_builtin(ptype) and is_our_launcher(path):
+            return None
         return path
 
     def version_info(self, ptype: str) -> List[str]:
