@@ -10,6 +10,7 @@ longer knows the addresses (DEL after the netns is gone).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -50,6 +51,14 @@ def list_json(*what: str) -> Optional[List[Dict[str, Any]]]:
             return None
         raise CNIError(spec.ERR_INTERNAL, f"nft list {' '.join(what)} failed", proc.stderr.strip())
     return json.loads(proc.stdout).get("nftables", [])
+
+
+def element_target(table: str, map_name: str, key: str) -> Optional[str]:
+    """The chain a verdict-map element jumps to, None if there is no such element. (`nft -j get
+    element` prints plain text in nft 1.0.6, so the text form is read.)"""
+    proc = _exec(["get", "element", *table.split(), map_name, f"{{ {key} }}"])
+    found = re.search(r":\s*(?:jump|goto)\s+([\w.-]+)", proc.stdout) if proc.returncode == 0 else None
+    return found.group(1) if found else None
 
 
 def rules(objs: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
@@ -134,6 +143,5 @@ def check_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
     for iface in ifaces:
         if str(iface.ip) not in sources:
             raise CNIError(spec.ERR_INTERNAL, f"no masquerade rule for {iface.ip} in chain {chain}")
-        objs = _exec(["-j", "get", "element", "inet", MASQ_TABLE, f"src{iface.version}", f"{{ {iface.ip} }}"])
-        if objs.returncode != 0 or chain not in objs.stdout:
+        if element_target(f"inet {MASQ_TABLE}", f"src{iface.version}", str(iface.ip)) != chain:
             raise CNIError(spec.ERR_INTERNAL, f"masquerade map has no entry {iface.ip} -> {chain}")
