@@ -59,7 +59,7 @@ class Store:
     def __init__(self, network: str, data_dir: str = "") -> None:
         spec.validate_name(network)
         data_dir = data_dir or DEFAULT_DATA_DIR
-        if not isinstance(data_dir, str) or "\0" in data_dir:
+        if not isinstance(data_dir, str) or "\0" in data_dir or ".." in data_dir.split("/"):  # no traversal
             raise CNIError(spec.ERR_INVALID_CONFIG, "invalid dataDir", repr(data_dir))
         self.dir = os.path.join(data_dir, network)
         # The network name is a single path component (validate_name), so the directory can
