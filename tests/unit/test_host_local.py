@@ -91,7 +91,9 @@ def test_v6_default_range_end_is_last_address():
     ([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1"}]],
      "invalid range set 0: RangeStart 10.0.1.1 not in network 10.0.0.0/24"),
     ([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.40"}]],
-     "invalid range set 0: RangeEnd 10.0.0.40 not in network 10.0.0.0/24"),
+     "invalid range set 0: RangeStart 10.0.0.50 not in network 10.0.0.0/24"),  # as Go: start checked against end
+    ([[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.1.40"}]],
+     "invalid range set 0: RangeEnd 10.0.1.40 not in network 10.0.0.0/24"),
     ([[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]], "range set 0 overlaps with 1"),
     ([[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.128/25"}]],
      "invalid range set 0: subnets 10.0.0.1-10.0.0.254 and 10.0.0.129-10.0.0.254 overlap"),

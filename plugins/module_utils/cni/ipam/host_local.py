@@ -112,17 +112,18 @@ def _canonical_range(raw: Dict[str, Any]) -> Range:
     gateway = json_ip(raw, "gateway")
     if gateway is None:
         gateway = network.network_address + 1
-    probe = Range(network, gateway, network.network_address, network.broadcast_address)
-    start = json_ip(raw, "rangeStart")
+    # Go checks rangeStart/rangeEnd with Range.Contains while both hold what the JSON gave
+    # (an unset bound is no bound), so a start above the end reports the start.
+    start, end = json_ip(raw, "rangeStart"), json_ip(raw, "rangeEnd")
+    probe = Range(network, gateway, network.network_address if start is None else start,
+                  network.broadcast_address if end is None else end)
     if start is not None:
         if not probe.contains(start):
             raise ValueError(f"RangeStart {start} not in network {network}")
     else:
-        start = network.network_address + 1
-    probe.start = start
-    end = json_ip(raw, "rangeEnd")
+        start = probe.start = network.network_address + 1
     if end is not None:
-        if not probe.contains(end):  # also refuses an end below the start, as Go does
+        if not probe.contains(end):
             raise ValueError(f"RangeEnd {end} not in network {network}")
     else:
         end = network.broadcast_address - 1 if bits == 32 else network.broadcast_address
