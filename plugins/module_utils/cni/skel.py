@@ -49,6 +49,8 @@ def validate_container_id(cid: str) -> None:
         raise CNIError(spec.ERR_UNKNOWN_CONTAINER, "missing containerID")
     if not spec.NAME_RE.match(cid) or "\n" in cid:
         raise CNIError(spec.ERR_INVALID_ENV, "invalid characters in containerID", cid)
+    if len(cid) > spec.MAX_NAME:
+        raise CNIError(spec.ERR_INVALID_ENV, "containerID is too long", f"at most {spec.MAX_NAME} characters")
 
 
 def validate_ifname(name: str) -> None:

@@ -31,6 +31,8 @@ ERR_DEGRADED = 51
 ERR_INTERNAL = 999
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# Names and container IDs become file names (dataDir/<net>, the result cache): one path component.
+MAX_NAME = 255
 
 
 class CNIError(Exception):
@@ -102,6 +104,8 @@ def validate_name(name: Any, what: str = "network name") -> str:
         raise CNIError(ERR_INVALID_CONFIG, f"missing {what}")
     if not NAME_RE.match(name) or "\n" in name:
         raise CNIError(ERR_INVALID_CONFIG, f"invalid characters found in {what}", name)
+    if len(name) > MAX_NAME:
+        raise CNIError(ERR_INVALID_CONFIG, f"{what} is too long", f"at most {MAX_NAME} characters")
     return name
 
 
