@@ -178,6 +178,19 @@ def is_our_launcher(path: str) -> bool:
     return head.startswith(b"#!") and any(mark in head for mark in _LAUNCHER_MARKS)
 
 
+def cached_netns(att: Mapping[str, Any]) -> str:
+    """The netns of a cached attachment. libcni before v1.2 (podman 4.3) did not store `netns`; the
+    result's container interface still names it, and without it a DEL can't find the addresses
+    (Go bridge then leaks its masquerade chain, plugins#810)."""
+    if att.get("netns"):
+        return str(att["netns"])
+    result = att.get("result") if isinstance(att.get("result"), dict) else {}
+    for iface in result.get("interfaces") or []:
+        if isinstance(iface, dict) and iface.get("name") == att.get("ifName") and iface.get("sandbox"):
+            return str(iface["sandbox"])
+    return ""
+
+
 # --- the runtime --------------------------------------------------------------------------
 
 class Runtime:
@@ -427,7 +440,7 @@ class Runtime:
         for att in self.cached_attachments():
             if att["networkName"] != net.name or (att["containerId"], att["ifName"]) in keep:
                 continue
-            rt = RuntimeConf(container_id=att["containerId"], netns=att.get("netns", ""), ifname=att["ifName"],
+            rt = RuntimeConf(container_id=att["containerId"], netns=cached_netns(att), ifname=att["ifName"],
                              args=[(k, v) for k, v in att.get("cniArgs") or []],
                              capability_args=att.get("capabilityArgs"))
             try:
