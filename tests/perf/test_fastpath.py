@@ -1,0 +1,238 @@
+"""The fast path: launcher -> shim -> node agent, against the in-process engine.
+
+- the three doors (shim + agent, the executable with no agent, skel in-process) give byte-identical
+  stdout and the same exit codes, for results and for errors;
+- the shim falls back to in-process by itself (stale socket, an agent that never answers);
+- killing the agent in the middle of an ADD, or between calls, loses no lease and leaks none.
+
+The `agent` bin dir is written with an engine interpreter that does not exist: a shim that silently
+fell back to in-process would fail there, so a passing test proves the agent answered.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import cnitest
+
+sys.path.insert(0, cnitest.LIB)
+from cni import agent as agent_mod  # noqa: E402
+from cni import main as cni_main  # noqa: E402
+from cni import skel  # noqa: E402
+
+PY = os.path.join(cnitest.ROOT, ".venv", "bin", "python3")
+NO_PYTHON = "/nonexistent/python3"
+
+
+@pytest.fixture
+def work(sandbox):
+    path = tempfile.mkdtemp(prefix="perf", dir="/run")  # short: unix socket paths are ≤ 107 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Agent:
+    def __init__(self, sock: str, env: dict | None = None) -> None:
+        self.sock = sock
+        self.proc = subprocess.Popen([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                                      "from cni.main import main; sys.exit(main(sys.argv[2:]))",
+                                      cnitest.LIB, "cnikit", "agent", "--socket", sock],
+                                     env=dict(os.environ, **(env or {})), stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not agent_mod.alive(sock):
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "agent did not come up"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def agent_factory(work):
+    started = []
+
+    def start(env: dict | None = None) -> Agent:
+        a = Agent(os.path.join(work, "agent.sock"), env)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
+
+
+def bindir(work: str, name: str, python: str, sock: str) -> str:
+    dest = os.path.join(work, name)
+    cni_main.write_executables(dest, python, cnitest.LIB, ["host-local", "bridge"], socket=sock)
+    return dest
+
+
+def hl_conf(data_dir: str, version: str = "1.0.0", **ipam) -> dict:
+    return {"cniVersion": version, "name": "fastnet", "type": "host-local",
+            "ipam": {"type": "host-local", "subnet": "10.44.0.0/24", "dataDir": data_dir, **ipam}}
+
+
+def exec_in(bdir: str, command: str, conf, **kw) -> cnitest.Outcome:
+    kw.setdefault("netns", "/proc/self/ns/net")
+    return cnitest.exec_plugin(os.path.join(bdir, "host-local"), cnitest.cni_env(command, path=bdir, **kw), conf)
+
+
+# A sequence on one store: results, then the errors a runtime can provoke.
+def scenario(data_dir: str):
+    conf = hl_conf(data_dir)
+    return [
+        ("ADD", conf, {"cid": "a1"}),
+        ("ADD", conf, {"cid": "a2", "ifname": "net1"}),
+        ("ADD", conf, {"cid": "a1"}),  # duplicate allocation: code 999 from host-local
+        ("ADD", hl_conf(data_dir, "0.3.1"), {"cid": "a3"}),
+        ("CHECK", conf, {"cid": "a1"}),
+        ("DEL", conf, {"cid": "a1"}),
+        ("DEL", conf, {"cid": "a1"}),  # idempotent
+        ("ADD", conf, {"cid": "bad id"}),  # code 4
+        ("ADD", conf, {"cid": ""}),  # missing env: code 4
+        ("ADD", b"{not json", {"cid": "a4"}),  # code 6
+        ("ADD", hl_conf(data_dir, "9.9.9"), {"cid": "a5"}),  # code 1
+        ("ADD", conf, {"cid": "a6", "args": "FOO=bar"}),  # unknown CNI_ARGS
+        ("ADD", hl_conf(data_dir, rangeStart="10.45.0.1"), {"cid": "a7"}),  # config error
+        ("", conf, {"cid": "a8"}),  # no CNI_COMMAND: the about text on stderr
+    ]
+
+
+def outcomes(run, data_dir: str):
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return [(cmd, kw.get("cid"), *run(cmd, conf, kw)) for cmd, conf, kw in scenario(data_dir)]
+
+
+def via_exec(bdir: str):
+    def run(cmd, conf, kw):
+        out = exec_in(bdir, cmd, conf, **kw)
+        return out.rc, out.stdout, out.stderr if not out.stdout else ""
+    return run
+
+
+def via_inproc(cmd, conf, kw):
+    out = cnitest.inproc("host-local", cmd, conf, netns="/proc/self/ns/net", path="/nonexistent", **kw)
+    return out.rc, out.stdout, out.stderr if not out.stdout else ""
+
+
+def test_shim_agent_and_inprocess_are_identical(work, agent_factory):
+    agent_factory()
+    data = os.path.join(work, "data")
+    through_agent = outcomes(via_exec(bindir(work, "agent", NO_PYTHON, os.path.join(work, "agent.sock"))), data)
+    no_agent = outcomes(via_exec(bindir(work, "inproc", PY, os.path.join(work, "absent.sock"))), data)
+    inproc = outcomes(via_inproc, data)
+    assert through_agent == no_agent == inproc
+    codes = [(cmd, json.loads(out).get("code") if rc else None) for cmd, _, rc, out, _ in inproc if out]
+    assert [c for _, c in codes if c] == [999, 4, 4, 6, 1, 999, 999], codes  # the errors really happened
+    assert json.loads(inproc[0][3])["ips"][0]["address"] == "10.44.0.2/24"
+
+
+def test_version_is_answered_by_the_launcher_byte_for_byte(work):
+    bdir = bindir(work, "inproc", NO_PYTHON, os.path.join(work, "absent.sock"))
+    expected = skel.execute(lambda: None, {"CNI_COMMAND": "VERSION"}, b"")
+    for name in ("host-local", "bridge"):
+        out = cnitest.exec_plugin(os.path.join(bdir, name), {"CNI_COMMAND": "VERSION"}, b"")
+        assert (out.rc, out.stdout, out.stderr) == expected  # no Python at all was needed
+
+
+def test_stale_socket_falls_back_in_process(work):
+    sock = os.path.join(work, "stale.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(sock)  # a socket file nobody listens on: what a SIGKILLed agent leaves behind
+    dead.close()
+    data = os.path.join(work, "data")
+    assert outcomes(via_exec(bindir(work, "stale", PY, sock)), data) == outcomes(via_inproc, data)
+
+
+def test_agent_that_never_answers_falls_back(work):
+    sock = os.path.join(work, "hung.sock")
+    hung = socket.socket(socket.AF_UNIX)
+    hung.bind(sock)
+    hung.listen(8)  # accepts into the backlog, never reads: a wedged agent
+    try:
+        out = exec_in(bindir(work, "hung", PY, sock), "ADD", hl_conf(os.path.join(work, "data")), cid="h1")
+    finally:
+        hung.close()
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.json["ips"][0]["address"] == "10.44.0.2/24"
+
+
+def leases(data_dir: str) -> dict:
+    net = os.path.join(data_dir, "fastnet")
+    return {name: open(os.path.join(net, name), "rb").read() for name in os.listdir(net)
+            if name[0].isdigit()}
+
+
+def test_killing_the_agent_mid_stream_loses_no_lease(work, agent_factory):
+    data = os.path.join(work, "data")
+    conf = hl_conf(data)
+    bdir = bindir(work, "agent", PY, os.path.join(work, "agent.sock"))
+    # The agent SIGKILLs itself on its 3rd lease write: after the lease file, before last_reserved_ip.
+    first = agent_factory({"CNIKIT_FAULT": "host_local.after_lease_write@3"})
+    got = {}
+    for i in range(6):
+        out = exec_in(bdir, "ADD", conf, cid=f"k{i}")
+        assert out.rc == 0, out.stdout + out.stderr
+        got[f"k{i}"] = out.json["ips"][0]["address"].split("/")[0]
+        if i == 2:
+            assert first.proc.wait(timeout=10) == -signal.SIGKILL  # it really died mid-ADD
+    assert len(set(got.values())) == 6
+    # exactly one lease per container, each the IP its ADD reported: the replay undid the half-done ADD
+    assert leases(data) == {ip: f"{cid}\r\neth0".encode() for cid, ip in got.items()}
+    # a new agent replaces the stale socket; a SIGKILL between calls loses nothing either
+    second = agent_factory()
+    for cid in ("k0", "k1", "k2"):
+        assert exec_in(bdir, "DEL", conf, cid=cid).rc == 0
+    second.proc.send_signal(signal.SIGKILL)
+    second.proc.wait(timeout=10)
+    agent_factory()
+    for cid in ("k3", "k4", "k5"):
+        assert exec_in(bdir, "DEL", conf, cid=cid).rc == 0
+    assert leases(data) == {}
+
+
+def test_concurrent_requests_through_the_agent(work, agent_factory):
+    agent_factory()
+    data = os.path.join(work, "data")
+    conf = hl_conf(data)
+    bdir = bindir(work, "agent", NO_PYTHON, os.path.join(work, "agent.sock"))
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        adds = list(pool.map(lambda i: exec_in(bdir, "ADD", conf, cid=f"p{i}"), range(32)))
+        assert all(o.rc == 0 for o in adds), [o.stdout for o in adds if o.rc]
+        ips = {o.json["ips"][0]["address"] for o in adds}
+        assert len(ips) == 32 and len(leases(data)) == 32
+        dels = list(pool.map(lambda i: exec_in(bdir, "DEL", conf, cid=f"p{i}"), range(32)))
+    assert all(o.rc == 0 for o in dels)
+    assert leases(data) == {}
+
+
+def test_agent_survives_garbage_and_refuses_a_second_instance(work, agent_factory):
+    running = agent_factory()
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"CNIKIT/1 5 5 999999999\n", b"CNIKIT/1 10 0 0\nshort"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(running.sock)
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                answer = s.recv(16)
+            except ConnectionResetError:  # closed with our bytes unread
+                answer = b""
+            assert answer == b""  # dropped, never acknowledged
+    with pytest.raises(Exception, match="already listens"):
+        agent_mod.listen(running.sock)
+    bdir = bindir(work, "agent", NO_PYTHON, running.sock)
+    assert exec_in(bdir, "ADD", hl_conf(os.path.join(work, "data")), cid="g1").rc == 0
