@@ -88,6 +88,45 @@ def append_unique(version: int, table: str, chain: str, rules: List[tuple]) -> N
     restore(version, table, [line("-A", c, r) for c, r in rules if not exists(version, table, c, r)])
 
 
+class Batch:
+    """An iptables-restore batch built against one iptables-save listing: chains are created and
+    the shared rules inserted only when missing (Go EnsureChain / InsertUnique / AppendUnique), so
+    a whole ADD is one read and one atomic write. `rule` arguments must be written in the order
+    iptables-save prints them (matches before -j) for the existence test to see them."""
+
+    def __init__(self, version: int, table: str) -> None:
+        self.version, self.table = version, table
+        self.saved = save(version, table)
+        self.have = set(self.saved.splitlines())
+        self.lines: List[str] = []
+
+    def has_chain(self, chain: str) -> bool:
+        return has_chain(self.saved, chain) or f"-N {chain}" in self.lines
+
+    def ensure_chain(self, chain: str) -> None:
+        if not self.has_chain(chain):
+            self.lines.append(f"-N {chain}")
+
+    def exists(self, chain: str, rule: Rule) -> bool:
+        text = line("-A", chain, rule)
+        return text in self.have or text in self.lines or line("-I", f"{chain} 1", rule) in self.lines
+
+    def insert_unique(self, chain: str, rule: Rule, prepend: bool = False) -> None:
+        if not self.exists(chain, rule):
+            self.lines.append(line("-I", f"{chain} 1", rule) if prepend else line("-A", chain, rule))
+
+    def append(self, chain: str, rule: Rule) -> None:
+        self.lines.append(line("-A", chain, rule))
+
+    def delete_existing(self, chain: str, rule: Rule) -> None:
+        if line("-A", chain, rule) in self.have:
+            self.lines.append(line("-D", chain, rule))
+
+    def commit(self) -> None:
+        if self.lines:
+            restore(self.version, self.table, self.lines)
+
+
 def unique(rules: List[tuple]) -> List[tuple]:
     out: List[tuple] = []
     for r in rules:

@@ -323,37 +323,28 @@ def _ipt_dnat_rules(s: Settings, network: str, cid: str, v: int) -> Tuple[str, L
 
 
 def ipt_add(s: Settings, network: str, cid: str, v: int) -> None:
-    saved = ipt.save(v, "nat")
-    have = set(saved.splitlines())
-    batch: List[str] = []
-
-    def ensure_chain(name: str) -> None:
-        if not ipt.has_chain(saved, name) and f"-N {name}" not in batch:
-            batch.append(f"-N {name}")
-
-    def insert_unique(chain: str, rule: tuple, prepend: bool = False) -> None:
-        text = ipt.line("-A", chain, rule)  # these shared rules are written as iptables-save prints them
-        if text not in have and text not in batch:
-            batch.append(ipt.line("-I", f"{chain} 1", rule) if prepend else text)
-
+    b = ipt.Batch(v, "nat")
     if s.snat and not s.external_setmark:
-        ensure_chain(SETMARK)
-        insert_unique(SETMARK, ("-m", "comment", "--comment", "CNI portfwd masquerade mark",
-                                "-j", "MARK", "--set-xmark", _mark(s.mark_bit)))
-        ensure_chain(MARK_MASQ)
-        insert_unique(MARK_MASQ, ("-m", "mark", "--mark", _mark(s.mark_bit), "-j", "MASQUERADE"))
-        insert_unique("POSTROUTING", ("-m", "comment", "--comment", "CNI portfwd requiring masquerade",
-                                      "-j", MARK_MASQ), prepend=True)
-    ensure_chain(TOP_DNAT)
+        b.ensure_chain(SETMARK)
+        b.insert_unique(SETMARK, ("-m", "comment", "--comment", "CNI portfwd masquerade mark",
+                                  "-j", "MARK", "--set-xmark", _mark(s.mark_bit)))
+        b.ensure_chain(MARK_MASQ)
+        b.insert_unique(MARK_MASQ, ("-m", "mark", "--mark", _mark(s.mark_bit), "-j", "MASQUERADE"))
+        b.insert_unique("POSTROUTING", ("-m", "comment", "--comment", "CNI portfwd requiring masquerade",
+                                        "-j", MARK_MASQ), prepend=True)
+    b.ensure_chain(TOP_DNAT)
     for parent in ("PREROUTING", "OUTPUT"):
-        insert_unique(parent, ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOP_DNAT))
+        b.insert_unique(parent, ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOP_DNAT))
     dn, entries, rules = _ipt_dnat_rules(s, network, cid, v)
-    if ipt.has_chain(saved, dn):  # repeated ADD: rebuild this container's chain and its entries
-        batch += ["-D" + ln[2:] for ln in ipt.rules_jumping_to(saved, TOP_DNAT, dn)] + [f"-F {dn}"]
+    if b.has_chain(dn):  # repeated ADD: rebuild this container's chain and its entries
+        b.lines += ["-D" + ln[2:] for ln in ipt.rules_jumping_to(b.saved, TOP_DNAT, dn)] + [f"-F {dn}"]
     else:
-        batch.append(f"-N {dn}")
-    batch += [ipt.line("-A", dn, r) for r in rules] + [ipt.line("-A", TOP_DNAT, e) for e in entries]
-    ipt.restore(v, "nat", batch)
+        b.ensure_chain(dn)
+    for r in rules:
+        b.append(dn, r)
+    for e in entries:
+        b.append(TOP_DNAT, e)
+    b.commit()
 
 
 def ipt_del(network: str, cid: str) -> None:
