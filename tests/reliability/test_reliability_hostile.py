@@ -3,6 +3,7 @@ directory, inject into a shell or overflow a name are rejected (code 4 or 7) bef
 link is touched; nothing is ever created outside the configured directories; no shell runs."""
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -15,32 +16,40 @@ SHELLY = [f"$(touch {MARKER})", f"`touch {MARKER}`", f"a;touch {MARKER}", f"a|to
 TRAVERSAL = ["../../../tmp/escape", "..", ".", "../x", "a/b", "/abs", "a/../../b"]
 NULS = ["a\0b", "\0"]
 LONG = ["x" * 256, "y" * 5000]
-BAD_CID = TRAVERSAL + SHELLY + NULS + LONG[1:] + ["-leading-dash", "a b", "a\nb", "é", "\u202e", "*"]
-BAD_NAME = TRAVERSAL + SHELLY + NULS + ["-x", "a b", "a\nb", "日本", "", "n:x", "*"]
+BAD_CID = TRAVERSAL + SHELLY + NULS + LONG + ["-leading-dash", "a b", "a\nb", "é", "\u202e", "*"]
+BAD_NAME = TRAVERSAL + SHELLY + NULS + LONG + ["-x", "a b", "a\nb", "日本", "", "n:x", "*"]
 BAD_IFNAME = ["../x", "a/b", "..", ".", "a:b", "a b", "a\tb", "a\0b", "x" * 16, "é" * 8, f"$(touch {MARKER})"]
-BAD_DATADIR = ["../../../tmp/escape", "{tmp}/data/../../escape", "{tmp}/data/../../../escape", "a\0b", "{tmp}/\0"]
+# Every traversal stays inside the test's tmp_path (cwd and dataDir sit three levels below it), so
+# the snapshot would see an escape without one ever reaching the real filesystem.
+BAD_DATADIR = ["../../escape", "{base}/data/../../escape", "{base}/data/../../../escape", "a\0b", "{base}/\0"]
 
-# Plugins exercised through the real executables (the rest in-process through the same skel).
+# Plugins exercised through the real executables, for every EXEC_EVERY-th case (the rest go
+# in-process through the same skel, which is what the executable runs).
 EXEC_PLUGINS = ("host-local", "macvlan", "bridge", "ptp")
+EXEC_EVERY = 5
+_calls = itertools.count()
 
 
 @pytest.fixture
 def arena(netns, tmp_path, monkeypatch):
     """A netns, a master link, a private cwd and dataDir, and snapshots of every area a plugin could
-    write to (a traversal out of tmp_path lands in its parent, which is snapshotted too)."""
-    monkeypatch.chdir(tmp_path)
+    write to."""
+    base = tmp_path / "a" / "b" / "c"
+    datadir = base / "data"
+    datadir.mkdir(parents=True)
+    monkeypatch.chdir(base)
     cnitest.sh("ip link add cnihm0 type veth peer name cnihm1 && ip link set cnihm0 up")
-    datadir = tmp_path / "data"
-    datadir.mkdir()
-    roots = [str(tmp_path.parent), "/var/lib/cni", "/etc/cni", "/opt/cni", "/run"]
-    before = (relutil.fs_snapshot(roots), relutil.link_names(), relutil.link_names(netns), os.listdir("/tmp"))
-    yield netns, str(datadir), tmp_path
-    after = (relutil.fs_snapshot(roots), relutil.link_names(), relutil.link_names(netns), os.listdir("/tmp"))
+    roots = [str(tmp_path), "/var/lib/cni", "/etc/cni", "/opt/cni", "/run"]
+    before = (relutil.fs_snapshot(roots), relutil.link_names(), relutil.link_names(netns))
+    yield netns, str(datadir), base
+    after = (relutil.fs_snapshot(roots), relutil.link_names(), relutil.link_names(netns))
     cnitest.sh("ip link del cnihm0", check=False)
     assert not os.path.exists(MARKER), "a shell ran with user data"
-    created = sorted(set(after[0]) - set(before[0]))
-    assert created == [], f"files created: {created}"
-    assert after[1:] == before[1:], "links or /tmp changed"
+    # Inside the configured dataDir a network directory and its lock may appear; leases may not.
+    created = sorted(p for p in set(after[0]) - set(before[0]) if not p.startswith(f"{datadir}/"))
+    assert created == [], f"files created outside the configured directories: {created}"
+    assert relutil.lease_files(str(datadir)) == {}
+    assert after[1:] == before[1:], "links changed"
 
 
 def conf_for(ptype: str, datadir: str, name: str = "hostnet") -> dict:
@@ -54,11 +63,11 @@ def conf_for(ptype: str, datadir: str, name: str = "hostnet") -> dict:
     return conf
 
 
-def call(ptype: str, conf: dict, netns: str, **kw) -> cnitest.Outcome:
+def call(ptype: str, conf: dict, netns: str, command: str = "ADD", **kw) -> cnitest.Outcome:
     env_kw = dict(netns=f"/run/netns/{netns}", **kw)
-    if ptype in EXEC_PLUGINS and not any("\0" in v for v in kw.values()):
-        return cnitest.run(ptype, "ADD", conf, **env_kw)
-    return cnitest.inproc(ptype, "ADD", conf, **env_kw)
+    if ptype in EXEC_PLUGINS and next(_calls) % EXEC_EVERY == 0 and not any("\0" in v for v in kw.values()):
+        return cnitest.run(ptype, command, conf, **env_kw)
+    return cnitest.inproc(ptype, command, conf, **env_kw)
 
 
 def expect(out: cnitest.Outcome, codes: tuple) -> None:
@@ -83,16 +92,16 @@ def test_hostile_identifiers_rejected_before_touching_anything(arena, ptype):
         out = call(ptype, conf, netns, args=args)
         relutil.check_outcome(out.rc, out.stdout, out.stderr, "ADD")
         if out.rc == 0:  # accepted: must be fully undone by DEL
-            assert cnitest.run(ptype, "DEL", conf, netns=f"/run/netns/{netns}", args=args).rc == 0
+            assert call(ptype, conf, netns, "DEL", args=args).rc == 0
     assert relutil.lease_files(datadir) == {}
 
 
 @pytest.mark.parametrize("ptype", [p for p in PLUGINS if p in ("host-local", "macvlan", "bridge", "ptp", "ipvlan")])
 def test_hostile_datadir_rejected(arena, ptype):
-    netns, datadir, tmp = arena
+    netns, datadir, base = arena
     for raw in BAD_DATADIR:
         conf = conf_for(ptype, datadir)
-        conf["ipam"]["dataDir"] = raw.format(tmp=tmp)
+        conf["ipam"]["dataDir"] = raw.format(base=base)
         expect(call(ptype, conf, netns), (4, 7))
 
 
