@@ -13,6 +13,26 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cnikit.cni.plugins.module_utils.cni.spec import CNIError
 
 
+def ship_engine_plugins() -> None:
+    """Import the engine's built-in plugins (as listed in cni/registry.py).
+
+    The runtime loads a plugin by its type name (importlib), which AnsiballZ cannot follow; these
+    literal imports are what makes it pack them into the module. Imports nested in a function are
+    optional to AnsiballZ, and a plugin the engine does not have yet is simply not packed.
+    """
+    # pylint: disable=unused-import,import-outside-toplevel
+    try:
+        from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins import (  # noqa: F401
+            bandwidth, bridge, dummy, firewall, host_device, ipvlan, loopback, macvlan, portmap, ptp, sbr, tap,
+            tuning, vlan)
+    except ImportError:
+        pass
+    try:
+        from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401
+    except ImportError:
+        pass
+
+
 class CNIModule:
     """An AnsibleModule plus the conventions shared by the collection's modules."""
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import link, skel, spec
+from . import link, runtime, skel, spec
 from .spec import CNIError
 
 NETNS_DIR = "/run/netns"
@@ -488,3 +488,76 @@ def _named(change: Change, master: str, index: int) -> Change:
             idx = view.pop("master_index", index)
             view["master"] = master if idx == index else f"ifindex {idx}"
     return change
+
+
+# --- CNI attachments (cnitool-like, through the runtime) ----------------------------------
+
+def _attachment_view(net: runtime.NetworkConfigList, rt: runtime.RuntimeConf,
+                     result: Optional[Dict[str, Any]]) -> State:
+    view: State = {"network": net.name, "container_id": rt.container_id, "ifname": rt.ifname,
+                   "state": "attached" if result is not None else "detached"}
+    if result is not None:
+        view["result"] = result
+    return view
+
+
+def _holds(rtm: runtime.Runtime, net: runtime.NetworkConfigList, rt: runtime.RuntimeConf) -> Optional[str]:
+    """None when the cached attachment still holds (CHECK passes), else why not."""
+    if not spec.version_ge(net.cni_version or "0.1.0", "0.4.0"):
+        return None  # CHECK does not exist before 0.4.0: the cached result is all there is to go by
+    try:
+        rtm.check(net, rt)
+    except CNIError as err:
+        return str(err)
+    return None
+
+
+def ensure_attachment(rtm: runtime.Runtime, net: runtime.NetworkConfigList, rt: runtime.RuntimeConf,
+                      state: str = "present", check_mode: bool = False) -> Tuple[Change, Dict[str, Any]]:
+    """Bring one attachment (network, container, ifname) to `state`; returns the change and extras.
+
+    present: ADD, unless a cached result exists and CHECK still passes (then nothing); a cached
+             attachment that fails CHECK is DELed and ADDed again (the reason is returned).
+    absent:  DEL when a cached result exists (nothing is known to be attached otherwise).
+    checked: CHECK only; fails when nothing is cached or CHECK fails.
+    """
+    cached = rtm.cached_result(net, rt)
+    before = _attachment_view(net, rt, cached)
+    extra: Dict[str, Any] = {}
+    if state == "absent":
+        if cached is not None and not check_mode:
+            rtm.delete(net, rt)
+        return Change(cached is not None, before, _attachment_view(net, rt, None)), extra
+    if rt.netns:
+        require_netns(rt.netns)
+    if state == "checked":
+        if cached is None:
+            raise CNIError(spec.ERR_UNKNOWN_CONTAINER, f"network {net.name!r} is not attached to container "
+                           f"{rt.container_id!r} as {rt.ifname!r} (no cached result): nothing to check")
+        rtm.check(net, rt)
+        return Change(False, before, before), extra
+    if cached is not None:
+        reason = _holds(rtm, net, rt)
+        if reason is None:
+            return Change(False, before, before), extra
+        extra["reattached"] = reason
+    rtm.validate(net)
+    if check_mode:
+        return Change(True, before, {**_attachment_view(net, rt, None), "state": "attached"}), extra
+    if cached is not None:
+        rtm.delete(net, rt)
+    return Change(True, before, _attachment_view(net, rt, rtm.add(net, rt))), extra
+
+
+def gc_network(rtm: runtime.Runtime, net: runtime.NetworkConfigList, valid: List[Dict[str, str]],
+               check_mode: bool = False) -> Change:
+    """Spec GC: DEL every cached attachment of `net` not in `valid`, then GC every plugin.
+    `changed` counts the stale cached attachments (what GC will visibly remove)."""
+    keep = {(a["containerID"], a["ifname"]) for a in valid}
+    cached = sorted(f"{a['containerId']}/{a['ifName']}" for a in rtm.cached_attachments()
+                    if a.get("networkName") == net.name)
+    stale = [a for a in cached if tuple(a.split("/", 1)) not in keep]
+    if not check_mode:
+        rtm.gc(net, valid)
+    return Change(bool(stale), {"network": net.name, "attachments": cached},
+                  {"network": net.name, "attachments": [a for a in cached if a not in stale]})

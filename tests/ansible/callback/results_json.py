@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -22,10 +23,15 @@ class CallbackModule(CallbackBase):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: list = []
+        self.started = time.monotonic()
+
+    def v2_playbook_on_task_start(self, task, is_conditional) -> None:
+        self.started = time.monotonic()
 
     def _record(self, result, status: str) -> None:
         data = dict(result._result)  # pylint: disable=protected-access
         data["_status"] = status
+        data["_seconds"] = round(time.monotonic() - self.started, 3)
         data["_ignore_errors"] = bool(result._task.ignore_errors)  # pylint: disable=protected-access
         self.tasks.append({"name": result._task.get_name(), "host": result._host.get_name(), "result": data})
 
