@@ -61,6 +61,10 @@ def element_target(table: str, map_name: str, key: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
+def has_element(table: str, set_name: str, key: str) -> bool:
+    return _exec(["get", "element", *table.split(), set_name, f"{{ {key} }}"]).returncode == 0
+
+
 def rules(objs: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     return [o["rule"] for o in objs or [] if "rule" in o]
 
