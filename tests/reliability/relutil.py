@@ -73,7 +73,7 @@ def lease_files(datadir: str) -> Dict[str, str]:
         for name in filenames:
             if name == "lock" or name.startswith("last_reserved_ip"):
                 continue
-            with open(os.path.join(dirpath, name), encoding="utf-8", errors="replace") as fh:
+            with open(os.path.join(dirpath, name), encoding="utf-8", errors="replace", newline="") as fh:
                 leases[os.path.join(os.path.relpath(dirpath, datadir), name)] = fh.read()
     return leases
 
