@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from .. import ipam, link, skel, spec
+from .. import faults, ipam, link, skel, spec
 from . import Conf, Plugin, Result, conf_field, prev_result
 
 MODES = ("bridge", "private", "vepa", "passthru")
@@ -67,9 +67,11 @@ class Macvlan(Plugin):
         result = spec.new_result(interfaces=[iface])
         ipam_done = False
         try:
+            faults.point("macvlan.after_link_create")
             if ipam.ipam_type(conf):
                 got = ipam.delegate("ADD", ctx, conf)
                 ipam_done = True
+                faults.point("macvlan.after_ipam_add")
                 if not got["ips"]:
                     raise link.fail("IPAM plugin returned missing IP config")
                 result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
@@ -104,6 +106,7 @@ class Macvlan(Plugin):
         self.load(ctx, conf, None, lookup_master=False)
         if ipam.ipam_type(conf):
             ipam.delegate("DEL", ctx, conf)
+        faults.point("macvlan.del_after_ipam")
         if not ctx.netns:
             return
         try:
