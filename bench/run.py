@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ CASES: Dict[str, Dict[str, Any]] = {
     "4": {"title": "conflist bridge(ipMasq) -> portmap (1 mapping)", "target": 0.3},
     "5": {"title": "VERSION", "target": 1.5},
     "6": {"title": "portmap ADD with 0/100/1000 existing mappings", "target": 1.5},
+    "7": {"title": "podman run --rm, bridge(ipMasq)+portmap", "target": 0.5},
     "9": {"title": "agent resident size with 1000 attachments", "target": 60.0},
 }
 
@@ -250,6 +252,85 @@ def case_9(flavours: List[str], n: int, agent: Optional[Agent]) -> Dict[str, Any
     return out
 
 
+PODMAN_CONF = """[containers]
+log_driver = "k8s-file"
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{w}/events.log"
+runtime = "crun"
+tmp_dir = "/run/libpod"
+static_dir = "{w}/storage/libpod"
+volume_path = "{w}/storage/volumes"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{bindir}"]
+network_config_dir = "/etc/cni/net.d"
+"""
+
+
+def podman_setup(w: str) -> None:
+    """A busybox rootfs, storage in the sandbox's /run, and the sysfs of this netns with the host's
+    cgroup tree bound under it (crun wants it; --cgroups=disabled keeps it untouched). The recipe
+    and the VM-specific settings are from clients-and-timings.md §3."""
+    os.makedirs(f"{w}/rootfs/bin", exist_ok=True)
+    os.makedirs(f"{w}/rootfs/etc", exist_ok=True)
+    os.makedirs(f"{w}/cg", exist_ok=True)
+    sh(f"cp /bin/busybox {w}/rootfs/bin/busybox && ln -sf busybox {w}/rootfs/bin/true")
+    with open(f"{w}/rootfs/etc/passwd", "w") as fh:
+        fh.write("root:x:0:0:root:/root:/bin/sh\n")
+    # a sandbox's own sysfs hides the host's, and with it /sys/fs/cgroup: uncover, keep, re-cover
+    sh('while [ -z "$(ls /sys/fs/cgroup 2>/dev/null)" ] && mountpoint -q /sys; do umount -l /sys; done')
+    sh(f"mount --rbind /sys/fs/cgroup {w}/cg && mount -t sysfs sysfs /sys && mount --rbind {w}/cg /sys/fs/cgroup")
+    sh("! mountpoint -q /sys/fs/cgroup/unified || umount /sys/fs/cgroup/unified")  # crun 1.8: no hybrid
+    with open(f"{w}/storage.conf", "w") as fh:
+        fh.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{w}/storage"\nrunroot = "/run/containers/storage"\n')
+    for flav, bindir in BINDIRS.items():
+        with open(f"{w}/containers-{flav}.conf", "w") as fh:
+            fh.write(PODMAN_CONF.format(w=w, bindir=bindir))
+    conflist = {"cniVersion": "1.0.0", "name": "benchnet",
+                "plugins": [{"type": "bridge", "bridge": "cni-bench", "isGateway": True, "ipMasq": True,
+                             "ipam": {"type": "host-local", "subnet": "10.89.7.0/24",
+                                      "routes": [{"dst": "0.0.0.0/0"}]}},
+                            {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    with open("/etc/cni/net.d/benchnet.conflist", "w") as fh:
+        json.dump(conflist, fh)
+
+
+def case_7(flavours: List[str], n: int) -> Dict[str, Any]:
+    """`podman run --rm /bin/true` with --network none (the floor), and on a bridge+portmap network
+    with each flavour's plugins (podman also probes every plugin with VERSION)."""
+    if not shutil.which("podman"):
+        return {"skipped": "podman is not installed"}
+    w = f"{WORK}/podman"
+    podman_setup(w)
+    runs = [("none", "go", "none")] + [(f, f, "benchnet") for f in flavours]
+    samples: Dict[str, List[float]] = {name: [] for name, _, _ in runs}
+    out: Dict[str, Any] = {}
+    for i in range(WARMUP + n):
+        for name, flav, network in runs:
+            if name in out:
+                continue
+            env = dict(os.environ, CONTAINERS_CONF=f"{w}/containers-{flav}.conf",
+                       CONTAINERS_STORAGE_CONF=f"{w}/storage.conf")
+            start = time.perf_counter()
+            proc = subprocess.run(["podman", "run", "--rm", "--cgroups=disabled", "--network", network,
+                                   "--rootfs", f"{w}/rootfs", "/bin/true"], env=env, capture_output=True,
+                                  text=True, check=False, timeout=120)
+            took = time.perf_counter() - start
+            if proc.returncode != 0:
+                errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error")] or [proc.stderr[-300:]]
+                out[name] = {"error": errors[-1].strip()}
+            elif i >= WARMUP:
+                samples[name].append(took)
+    leftovers = os.listdir("/var/lib/cni/networks/benchnet") if os.path.isdir("/var/lib/cni/networks/benchnet") else []
+    out["leases_left"] = [x for x in leftovers if x[0].isdigit()]
+    for name, xs in samples.items():
+        out.setdefault(name, {"add": xs, "del": [0.0] * len(xs)})
+    return out
+
+
 def run_case(case: str, flavours: List[str], n: int) -> Dict[str, Any]:
     agent = setup_sandbox(flavours)
     try:
@@ -263,6 +344,8 @@ def run_case(case: str, flavours: List[str], n: int) -> Dict[str, Any]:
             return case_5(flavours, n)
         if case == "6":
             return case_6(flavours, n, agent)
+        if case == "7":
+            return case_7(flavours, n)
         if case == "9":
             return case_9(flavours, n, agent)
         raise SystemExit(f"unknown case {case}")
@@ -327,6 +410,15 @@ def summarise(raw: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
                 r["growth_vs_0"] = round(r["add"]["median_ms"] / base["add"]["median_ms"], 2)
             continue
         go = by.get((r["case"], "go"))
+        if r["case"] == "7":  # the network part: a run minus a --network none run
+            none = by.get(("7", "none"))
+            if r["flavour"] == "none" or not none or "cycle" not in none:
+                continue
+            r["network_ms"] = round(r["cycle"]["median_ms"] - none["cycle"]["median_ms"], 2)
+            if r["flavour"] != "go" and go and "cycle" in go:
+                go_net = go["cycle"]["median_ms"] - none["cycle"]["median_ms"]
+                r["ratio_vs_go"] = round(r["network_ms"] / go_net, 2)
+            continue
         if r["flavour"] != "go" and go and "cycle" in go:
             r["ratio_vs_go"] = round(r["cycle"]["median_ms"] / go["cycle"]["median_ms"], 2)
     return rows
@@ -361,8 +453,14 @@ def table(rows: List[Dict[str, Any]]) -> str:
             verdict = ""
             if r["flavour"] == "ours" and "ratio_vs_go" in r:
                 verdict = " ✔" if r["ratio_vs_go"] <= target else " ✘"
-        lines.append(f"| {r['case']} {r['title']} | {r['flavour']} | {r['add']['median_ms']:.1f} ms | "
-                     f"{r['delete']['median_ms']:.1f} ms | {r['cycle']['median_ms']:.1f} ms | "
+        add, dele, cyc = (f"{r['add']['median_ms']:.1f} ms", f"{r['delete']['median_ms']:.1f} ms",
+                          f"{r['cycle']['median_ms']:.1f} ms")
+        if r["case"] == "5":
+            dele = "–"
+        elif r["case"] == "7":  # whole `podman run` in the ADD column, its network part in ADD+DEL
+            add, dele = f"run {add}", "–"
+            cyc = f"network {r['network_ms']:.1f} ms" if "network_ms" in r else "(floor)"
+        lines.append(f"| {r['case']} {r['title']} | {r['flavour']} | {add} | {dele} | {cyc} | "
                      f"{r['cycle']['p95_ms']:.1f} ms | {ratio}{verdict} | {tgt} |")
     return "\n".join(lines)
 
