@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import invoke, registry, skel, spec
+from . import faults, invoke, registry, skel, spec
 from .spec import CNIError
 
 log = logging.getLogger(__name__)
@@ -375,6 +375,7 @@ class Runtime:
                 raise failure from None
         assert result is not None  # the list has at least one plugin
         out = spec.result_to_dict(result, net.cni_version)
+        faults.point("runtime.before_cache_write")
         self._cache_write(net, rt, out)
         return out
 
@@ -424,6 +425,7 @@ class Runtime:
                 self._invoke("DEL", net, plugin, rt, prev)
             except CNIError as err:
                 errors.append(self._wrap(err, plugin, "delete"))
+            faults.point("runtime.del_after_plugin")
         if errors:
             raise CNIError(errors[0].code, "; ".join(e.msg for e in errors),
                            "; ".join(e.details for e in errors if e.details))
