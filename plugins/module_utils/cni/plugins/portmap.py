@@ -20,7 +20,7 @@ import ipaddress
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from .. import link, netfilter, skel, spec
+from .. import faults, link, netfilter, skel, spec
 from ..netfilter import iptables as ipt
 from ..netfilter import nft
 from ..spec import CNIError
@@ -381,12 +381,14 @@ class Portmap(Plugin):
             _enable_route_localnet(s.containers[4])
         if s.backend == netfilter.NFTABLES:
             nft_add(s, conf["name"], ctx.container_id)
+            faults.point("portmap.after_rules")
         else:
             done = []
             try:
                 for v in sorted(s.containers):
                     ipt_add(s, conf["name"], ctx.container_id, v)
                     done.append(v)
+                    faults.point("portmap.after_family")
             except CNIError:
                 if done:  # undo the family already written
                     ipt_del(conf["name"], ctx.container_id)
