@@ -193,6 +193,7 @@ class Store:
                 except OSError:
                     continue
                 found = True
+                faults.point("host_local.after_release_one")
         return found
 
     def release_by_id(self, container_id: str, ifname: str) -> None:
