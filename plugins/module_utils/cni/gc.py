@@ -1,0 +1,285 @@
+"""Node-level leak collection behind `cnikit gc`: what a missed DEL, a deleted netns or a reboot
+(the netns tmpfs wiped, /var/lib/cni kept) leaves behind.
+
+The runtime's result cache (libcni's format, `<cacheDir>/results/<net>-<cid>-<ifname>`) records
+every attachment with the exact config it was made with. An attachment whose netns is gone is
+collected the way libcni's GCNetworkList does it: a full DEL of its cached config with its cached
+prevResult, netns path and CNI_ARGS (that frees the interfaces, leases, masquerade/portmap rules
+and the cache entry); then every network of cniVersion >= 1.1.0 gets the spec GC verb with its
+still-valid attachments, so host-local frees leases nobody owns. With `orphans=True`, host-local
+leases that no cache entry accounts for (a runtime killed before it wrote the cache) are DELed
+through their network's config in the conf dir, which takes their rules along, or just freed; temp
+files of a killed writer are removed. Orphans are only touched after `grace` seconds, so an ADD in
+flight is never disturbed.
+
+An attachment is valid while its netns path is a live network namespace; an entry without a
+netns path is never collected (nothing proves it gone). Corrupt cache files are reported, kept.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Sequence, Set, Tuple
+
+from . import spec
+from .spec import CNIError
+
+DEFAULT_CACHE_DIR = "/var/lib/cni"
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_CONF_DIR = "/etc/cni/net.d"
+MAX_OWNER = 4096  # a lease holds "<cid>\r\n<ifname>"; read no more than that
+CACHE_KIND = "cniCacheV1"
+TMP_MARK = ".tmp"  # atomic writers (store, runtime cache) write `<name>.tmp<pid>` then rename
+
+
+@dataclass
+class Attachment:
+    """One cached attachment (libcni cniCacheV1 entry)."""
+
+    path: str
+    network: str
+    container_id: str
+    ifname: str
+    netns: str
+    config: bytes  # the network list exactly as it ran
+    cni_args: List[Tuple[str, str]] = field(default_factory=list)
+    capability_args: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> Tuple[str, str, str]:
+        return self.network, self.container_id, self.ifname
+
+
+@dataclass
+class Report:
+    collected: List[str] = field(default_factory=list)   # stale attachments DEL'd
+    kept: List[str] = field(default_factory=list)        # live attachments
+    corrupt: List[str] = field(default_factory=list)     # unreadable cache files (kept)
+    orphan_leases: List[str] = field(default_factory=list)
+    stray_files: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, List[str]]:
+        return dict(self.__dict__)
+
+
+def netns_alive(path: str) -> bool:
+    """True if `path` opens as a network namespace (a /run/netns bind mount or /proc/<pid>/ns/net)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("net:[")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _parse_entry(path: str) -> Attachment:
+    with open(path, "rb") as fh:
+        raw = json.loads(fh.read())
+    if not isinstance(raw, dict) or raw.get("kind") != CACHE_KIND:
+        raise ValueError("not a cniCacheV1 entry")
+    network, cid, ifname = raw.get("networkName"), raw.get("containerId"), raw.get("ifName")
+    spec.validate_name(network)
+    if not all(isinstance(v, str) and v for v in (cid, ifname)):
+        raise ValueError("containerId/ifName missing")
+    config = base64.b64decode(raw.get("config") or "", validate=True)
+    args = [(str(k), str(v)) for k, v in raw.get("cniArgs") or []]
+    caps = raw.get("capabilityArgs") or {}
+    return Attachment(path, network, cid, ifname, raw.get("netns") or "", config, args,
+                      caps if isinstance(caps, dict) else {})
+
+
+def cached_attachments(cache_dir: str = DEFAULT_CACHE_DIR) -> Tuple[List[Attachment], List[str]]:
+    """Every readable cache entry, and the paths of those that are not (torn, garbage, wrong kind)."""
+    results = os.path.join(cache_dir, "results")
+    try:
+        names = sorted(os.listdir(results))
+    except FileNotFoundError:
+        return [], []
+    good, bad = [], []
+    for name in names:
+        path = os.path.join(results, name)
+        if not os.path.isfile(path) or TMP_MARK in name:
+            continue
+        try:
+            good.append(_parse_entry(path))
+        except (OSError, ValueError, TypeError, binascii.Error, CNIError):
+            bad.append(path)
+    return good, bad
+
+
+def _label(att: Attachment) -> str:
+    return f"{att.network}/{att.container_id}/{att.ifname}"
+
+
+def _delete(runtime: Any, rt: Any, att: Attachment) -> Any:
+    """DEL one attachment with the config it was made with; returns that network list."""
+    net = runtime.network_from_bytes(att.config)
+    rt.delete(net, runtime.RuntimeConf(container_id=att.container_id, netns=att.netns, ifname=att.ifname,
+                                       args=att.cni_args, capability_args=att.capability_args))
+    return net
+
+
+def collect(cache_dir: str = DEFAULT_CACHE_DIR, cni_path: Sequence[str] = (),
+            data_dirs: Sequence[str] = (DEFAULT_DATA_DIR,), orphans: bool = False, grace: float = 60.0,
+            dry_run: bool = False, conf_dir: str = DEFAULT_CONF_DIR) -> Report:
+    from . import runtime  # noqa: PLC0415 - the CLI's other commands do not need it
+
+    report = Report()
+    atts, report.corrupt = cached_attachments(cache_dir)
+    rt = runtime.Runtime(conf_dir=conf_dir, cni_path=list(cni_path), cache_dir=cache_dir)
+    live: Set[Tuple[str, str, str]] = set()
+    nets: Dict[str, bytes] = {}  # network -> a config it ran with, for the GC verb
+    for att in atts:
+        nets.setdefault(att.network, att.config)
+        if not att.netns or netns_alive(att.netns):
+            live.add(att.key)
+            report.kept.append(_label(att))
+            continue
+        report.collected.append(_label(att))
+        if not dry_run:
+            try:
+                _delete(runtime, rt, att)
+            except Exception as err:  # noqa: BLE001 - one failed attachment must not stop the rest
+                report.errors.append(f"DEL {_label(att)}: {err}")
+    if not dry_run:
+        for name, config in sorted(nets.items()):
+            valid = [{"containerID": c, "ifname": i} for n, c, i in sorted(live) if n == name]
+            try:
+                net = runtime.network_from_bytes(config)
+                if spec.version_ge(net.cni_version or "0.1.0", "1.1.0"):
+                    rt.gc(net, valid)  # the stale ones are gone already: this only sends the GC verb
+            except Exception as err:  # noqa: BLE001
+                report.errors.append(f"GC {name}: {err}")
+    if orphans:
+        _stray_cache_files(cache_dir, grace, dry_run, report)
+        for data_dir in data_dirs:
+            for network, cid, ifname, ip in _orphan_leases(data_dir, live, grace, dry_run, report):
+                report.orphan_leases.append(f"{network}/{ip} ({cid} {ifname})".rstrip())
+                if not dry_run:
+                    _release_orphan(runtime, rt, data_dir, network, cid, ifname, ip, report)
+    return report
+
+
+def _release_orphan(runtime: Any, rt: Any, data_dir: str, network: str, cid: str, ifname: str, ip: Any,
+                    report: Report) -> None:
+    """DEL the orphan through its network's current config when there is one (no cache entry means
+    no prevResult, so every plugin cleans up by container ID: rules go with the lease), then free
+    the lease itself if that DEL did not (another dataDir in the config, no config, legacy lease)."""
+    from .ipam.store import Store, lease_key  # noqa: PLC0415
+
+    if ifname:
+        try:
+            net = rt.load_network(network)
+        except CNIError:
+            net = None  # the network's config is gone: only the lease is left to free
+        if net is not None:
+            try:
+                rt.delete(net, runtime.RuntimeConf(container_id=cid, netns="", ifname=ifname))
+            except Exception as err:  # noqa: BLE001
+                report.errors.append(f"DEL orphan {network}/{cid}/{ifname}: {err}")
+    store = Store(network, data_dir)
+    with store.locked():
+        path = os.path.join(store.dir, str(ip))
+        try:
+            with open(path, "rb") as fh:
+                owner = fh.read(MAX_OWNER).strip()
+        except OSError:
+            return
+        if owner in (lease_key(cid, ifname), cid.encode()):  # still the orphan, not a new lease
+            store.release(ip)
+
+
+def _stray_cache_files(cache_dir: str, grace: float, dry_run: bool, report: Report) -> None:
+    results = os.path.join(cache_dir, "results")
+    cutoff = time.time() - grace
+    try:
+        names = sorted(os.listdir(results))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(results, name)
+        if TMP_MARK in name and os.path.isfile(path) and os.lstat(path).st_mtime <= cutoff:
+            report.stray_files.append(path)
+            if not dry_run:
+                os.unlink(path)
+
+
+def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float, dry_run: bool,
+                   report: Report) -> List[Tuple[str, str, str, Any]]:
+    """(network, cid, ifname, ip) of host-local leases no live cache entry accounts for; temp files
+    of a killed writer are removed on the way (under the store's lock)."""
+    from .ipam.store import LINE_BREAK, Store, parse_ip  # noqa: PLC0415
+
+    try:
+        networks = sorted(os.listdir(data_dir))
+    except FileNotFoundError:
+        return []
+    cutoff = time.time() - grace
+    found = []
+    for network in networks:
+        if not os.path.isdir(os.path.join(data_dir, network)):
+            continue
+        try:
+            store = Store(network, data_dir)
+        except CNIError:
+            continue  # not a network directory we would have made
+        with store.locked():
+            for name in sorted(os.listdir(store.dir)):
+                path = os.path.join(store.dir, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
+                    continue
+                if name.startswith(".") and TMP_MARK in name:  # a writer killed before its rename
+                    report.stray_files.append(path)
+                    if not dry_run:
+                        os.unlink(path)
+                    continue
+                ip = parse_ip(name)
+                if ip is None:
+                    continue
+                with open(path, "rb") as fh:
+                    owner = fh.read(MAX_OWNER).strip().decode("utf-8", "replace")
+                cid, _, ifname = owner.partition(LINE_BREAK)
+                if (network, cid, ifname) in live or (not ifname and any(
+                        k[0] == network and k[1] == cid for k in live)):
+                    continue
+                found.append((network, cid, ifname, ip))
+    return found
+
+
+def main(args: Any) -> int:
+    """`cnikit gc`: print the report as JSON; exit 1 if any collection failed."""
+    cni_path = [p for p in (args.cni_path or os.environ.get("CNI_PATH", "")).split(os.pathsep) if p]
+    report = collect(cache_dir=args.cache_dir, cni_path=cni_path, data_dirs=args.data_dir or [DEFAULT_DATA_DIR],
+                     orphans=args.orphans, grace=args.grace, dry_run=args.dry_run,
+                     conf_dir=args.conf_dir or os.environ.get("NETCONFPATH") or DEFAULT_CONF_DIR)
+    print(spec.dumps(report.to_dict()))
+    return 1 if report.errors else 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register `cnikit gc` on the CLI's subparsers."""
+    p = sub.add_parser("gc", help="collect leases, rules and cache entries of containers that are gone")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="libcni cache dir (default %(default)s)")
+    p.add_argument("--data-dir", action="append", help="host-local dataDir to scan for orphans (repeatable)")
+    p.add_argument("--cni-path", default=None, help="plugin dirs (default: $CNI_PATH)")
+    p.add_argument("--conf-dir", default=None, help="network configs for orphans (default: $NETCONFPATH or "
+                   f"{DEFAULT_CONF_DIR})")
+    p.add_argument("--orphans", action="store_true", help="also free leases no cache entry accounts for, "
+                   "DELing them through their network's config when it exists")
+    p.add_argument("--grace", type=float, default=60.0, help="never touch files younger than this (s)")
+    p.add_argument("--dry-run", action="store_true", help="report only")
+    p.set_defaults(func=main)
