@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
     agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
     sub.add_parser("version", help="print the supported CNI versions")
+    from .gc import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
+
+    add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
     net = sub.add_parser("net", help="run a network configuration list against a netns (like cnitool)",
                          description="Env: CNI_PATH, NETCONFPATH (default /etc/cni/net.d), CNI_ARGS, "
                                      "CAP_ARGS (JSON), CNI_IFNAME (default eth0), CNI_CACHE_DIR "
@@ -113,6 +116,8 @@ def main(argv: List[str]) -> int:
         print(spec.dumps(spec.version_info()))
         return 0
     try:
+        if args.cmd == "gc":
+            return args.func(args)
         return net_command(args, dict(os.environ))
     except KeyboardInterrupt:
         return 130
