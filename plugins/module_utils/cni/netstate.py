@@ -321,6 +321,8 @@ def _apply(ipr: Any, index: int, current: State, attrs: LinkAttrs) -> None:
         kw: Dict[str, Any] = {"dst": route["dst"], "oif": index}
         if route.get("gw"):
             kw["gateway"] = route["gw"]
+        else:
+            kw["scope"] = 253  # on-link, as `ip route add DST dev IF` makes it
         if route.get("metric") is not None:
             kw["priority"] = route["metric"]
         _netlink(f"failed to add route {route} via {name}", ipr.route, "add", **kw)
@@ -468,8 +470,9 @@ def ensure_macvlan(attrs: LinkAttrs, master: str, check_mode: bool = False) -> C
             fd = link.open_netns(attrs.path) if attrs.path else None
             if fd is not None:
                 kw["net_ns_fd"] = fd  # created straight in the netns: no name clash with host links
+            hint = " (passthru needs the master to itself: no other macvlan on it)" if mode == "passthru" else ""
             try:
-                _netlink(f"failed to create macvlan {attrs.name} on {master}", host.link, "add", **kw)
+                _netlink(f"failed to create macvlan {attrs.name} on {master}{hint}", host.link, "add", **kw)
             finally:
                 if fd is not None:
                     os.close(fd)
