@@ -37,9 +37,6 @@ def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_LOCAL_TEMP": os.path.join(ROOT, "build", "ansible", "tmp"),
-        # the nodes share the controller's filesystem (only /run and the CNI dirs are private),
-        # so the controller's interpreter — which has pyroute2 — is theirs too
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
     })
     e.update(extra or {})
     return e

@@ -56,6 +56,12 @@ options:
     description: Other addresses (label -> address, e.g. shim addresses) that must not lie inside any range.
     type: dict
     default: {}
+  shim_addresses:
+    description:
+      - Per node, the address of its C(macv-host) shim (with or without a prefix length; empty for none).
+      - Each must lie outside every range, like O(reserved).
+    type: dict
+    default: {}
   overrides:
     description: Explicit ranges per node, V(START-END) or a dict with C(rangeStart)/C(rangeEnd).
     type: dict
@@ -83,10 +89,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ranges:
-  description: Per node, its range and where it came from (V(override), V(persisted) or V(computed)).
+  description:
+    - Per node, its range, where it came from (V(override), V(persisted) or V(computed)),
+      and the range as the fewest CIDRs (C(cidrs), what the shim routes).
   returned: success
   type: dict
-  sample: {"k8s-master": {"rangeStart": "192.168.80.120", "rangeEnd": "192.168.80.129", "source": "computed"}}
+  sample: {"k8s-master": {"rangeStart": "192.168.80.120", "rangeEnd": "192.168.80.129", "source": "computed",
+                          "cidrs": ["192.168.80.120/29", "192.168.80.128/31"]}}
 persist:
   description: Per node, the text of the allocation file to keep on it.
   returned: success
@@ -109,6 +118,7 @@ def main() -> None:
             size=dict(type="int", required=True),
             gateway=dict(type="str"),
             reserved=dict(type="dict", default={}),
+            shim_addresses=dict(type="dict", default={}),
             overrides=dict(type="dict", default={}),
             persisted=dict(type="dict", default={}),
         ),
@@ -118,10 +128,14 @@ def main() -> None:
     persisted = {
         node: planner.load_persisted(text or "", p["network"], p["subnet"]) for node, text in p["persisted"].items()
     }
+    reserved = dict(p["reserved"])
+    for node, addr in p["shim_addresses"].items():
+        if addr:
+            reserved[f"macv-host address of {node}"] = str(addr).split("/", 1)[0]
     try:
         plan = planner.plan(
             p["nodes"], p["subnet"], p["pool_start"], p["size"], pool_end=p["pool_end"], gateway=p["gateway"],
-            reserved=p["reserved"], overrides=p["overrides"], persisted=persisted,
+            reserved=reserved, overrides=p["overrides"], persisted=persisted,
         )
     except planner.PlanError as exc:
         module.fail_json(msg=f"pod range plan for network {p['network']!r} rejected, no node changed: {exc}")

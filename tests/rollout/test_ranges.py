@@ -154,3 +154,11 @@ def test_property_disjoint_inside_pool_and_stable(n, size, fixed, gone):
     again = ranges.plan(stay, subnet="10.1.0.0/24", pool_start="10.1.0.1", size=size,
                         overrides=overrides, persisted=persist_all(plan, subnet="10.1.0.0/24"))
     assert {x: again[x].text() for x in stay} == {x: plan[x].text() for x in stay}
+
+
+def test_cidrs_cover_exactly_the_range():
+    plan = ranges.plan(NODES, **SEED)
+    assert plan["k8s-master"].cidrs() == ["192.168.80.120/29", "192.168.80.128/31"]
+    for rng in plan.values():
+        ips = [ip for c in rng.cidrs() for ip in ipaddress.ip_network(c)]
+        assert ips[0] == rng.start and ips[-1] == rng.end and len(ips) == rng.size

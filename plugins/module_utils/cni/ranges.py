@@ -49,8 +49,13 @@ class NodeRange:
     def text(self) -> str:
         return f"{self.start}-{self.end}"
 
-    def to_dict(self) -> Dict[str, str]:
-        return {"rangeStart": str(self.start), "rangeEnd": str(self.end), "source": self.source}
+    def cidrs(self) -> List[str]:
+        """The range as the fewest CIDRs (what the macv-host shim routes to the node's pods)."""
+        return [n.with_prefixlen for n in ipaddress.summarize_address_range(self.start, self.end)]
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"rangeStart": str(self.start), "rangeEnd": str(self.end), "source": self.source,
+                "cidrs": self.cidrs()}
 
 
 def _network(value: str) -> Network:

@@ -1,0 +1,42 @@
+"""Point the CNI launchers at one installed engine version and prune the other versions.
+
+Run on the node by the executables' interpreter:
+    activate.py LIBDIR PYTHON DEST NAMES EXCLUDE [--check]
+LIBDIR is <lib dir>/<digest> holding the `cni` package; NAMES and EXCLUDE are comma-separated
+("" NAMES = every plugin the engine registers; EXCLUDE = names left to the Go plugins). The
+launchers are written by the engine's own write_executables, and only when one differs. Prints
+{"stale": [...], "pruned": [...]} - what was (or in check mode would be) changed - so the role
+reports changed exactly then.
+"""
+import json
+import os
+import shutil
+import sys
+
+libdir, python, dest, names, exclude = sys.argv[1:6]
+check = "--check" in sys.argv[6:]
+sys.path.insert(0, libdir)
+from cni import main, registry  # noqa: E402
+
+wanted = [n for n in (names.split(",") if names else registry.PLUGINS) if n and n not in exclude.split(",")]
+text = main.LAUNCHER.format(python=python, libdir=libdir)
+
+
+def current(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read() == text and os.access(path, os.X_OK) and not os.path.islink(path)
+    except OSError:
+        return False
+
+
+stale = [n for n in wanted + ["cnikit"] if not current(os.path.join(dest, n))]
+if stale and not check:
+    main.write_executables(dest, python, libdir, wanted)
+# older versions: no launcher points at them any more (the swap above is atomic per file)
+top, mine = os.path.split(libdir.rstrip("/"))
+pruned = sorted(os.path.join(top, d) for d in os.listdir(top) if d != mine and os.path.isdir(os.path.join(top, d)))
+if not check:
+    for path in pruned:
+        shutil.rmtree(path)
+print(json.dumps({"stale": stale, "pruned": pruned}))
