@@ -75,9 +75,9 @@ def agent_factory(work):
         a.stop()
 
 
-def bindir(work: str, name: str, python: str, sock: str) -> str:
+def bindir(work: str, name: str, python: str, sock: str, plugins=("host-local", "bridge")) -> str:
     dest = os.path.join(work, name)
-    cni_main.write_executables(dest, python, cnitest.LIB, ["host-local", "bridge"], socket=sock)
+    cni_main.write_executables(dest, python, cnitest.LIB, list(plugins), socket=sock)
     return dest
 
 
@@ -236,3 +236,51 @@ def test_agent_survives_garbage_and_refuses_a_second_instance(work, agent_factor
         agent_mod.listen(running.sock)
     bdir = bindir(work, "agent", NO_PYTHON, running.sock)
     assert exec_in(bdir, "ADD", hl_conf(os.path.join(work, "data")), cid="g1").rc == 0
+
+
+@pytest.fixture
+def master(sandbox):
+    cnitest.sh("ip link add pm0 type veth peer name pm0p && ip link set pm0 up")
+    yield "pm0"
+    cnitest.sh("ip link del pm0", check=False)
+
+
+def test_macvlan_through_the_agent_matches_in_process(work, agent_factory, netns_factory, master):
+    """A main plugin with real kernel work: same result (modulo the random MAC and the netns path),
+    same addresses and routes in the container, same error for a missing master."""
+    agent_factory()
+    data = os.path.join(work, "data")
+
+    def conf(master: str) -> dict:
+        return {"cniVersion": "1.0.0", "name": "mvfast", "type": "macvlan", "master": master, "mode": "bridge",
+                "ipam": {"type": "host-local", "subnet": "10.46.0.0/24", "dataDir": data,
+                         "routes": [{"dst": "0.0.0.0/0"}]}}
+
+    def door(run) -> tuple:
+        shutil.rmtree(data, ignore_errors=True)
+        ns = netns_factory("mv")
+        path = f"/run/netns/{ns}"
+        added = run("ADD", conf(master), path)
+        assert added.rc == 0, added.stdout + added.stderr
+        result = added.json
+        for iface in result["interfaces"]:
+            assert iface.pop("mac") and iface.pop("sandbox") == path
+        state = ([(a["ifname"], [(i["local"], i["prefixlen"]) for i in a["addr_info"] if i["family"] == "inet"])
+                  for a in cnitest.ip_json("addr show eth0", ns)],
+                 [(r["dst"], r.get("gateway")) for r in cnitest.ip_json("-4 route show", ns)])
+        gone = run("ADD", conf("nosuchmaster"), path)
+        dele = run("DEL", dict(conf(master), prevResult=added.json), path)
+        assert dele.rc == 0
+        assert [link["ifname"] for link in cnitest.ip_json("link show", ns)] == ["lo"]
+        return result, state, (gone.rc, gone.stdout)
+
+    def via(bdir):
+        return lambda cmd, c, path: cnitest.exec_plugin(os.path.join(bdir, "macvlan"),
+                                                        cnitest.cni_env(cmd, netns=path, path=bdir), c)
+
+    through_agent = door(via(bindir(work, "agent", NO_PYTHON, os.path.join(work, "agent.sock"), ["macvlan"])))
+    no_agent = door(via(bindir(work, "inproc", PY, os.path.join(work, "absent.sock"), ["macvlan"])))
+    inproc = door(lambda cmd, c, path: cnitest.inproc("macvlan", cmd, c, netns=path, path="/nonexistent"))
+    assert through_agent == no_agent == inproc
+    assert through_agent[0]["ips"][0]["address"] == "10.46.0.2/24"
+    assert through_agent[2][0] == 1 and json.loads(through_agent[2][1])["code"]
