@@ -139,3 +139,12 @@ def iptables_save(table: str = "nat", v6: bool = False) -> str:
 
 def cni_lines(saved: str) -> List[str]:
     return [ln for ln in saved.splitlines() if "CNI" in ln]
+
+
+def reset_netfilter() -> None:
+    """Drop what the meta plugins leave on purpose (shared tables/chains), so a test leaves nothing."""
+    for table in ("inet cnikit_hostport", "inet cnikit_masq", "inet cnikit_filter"):
+        cnitest.sh(f"nft delete table {table}", check=False)
+    for tool in ("iptables", "ip6tables"):
+        for table in ("nat", "filter"):
+            cnitest.sh(f"{tool} -w -t {table} -F && {tool} -w -t {table} -X", check=False)

@@ -150,8 +150,7 @@ def _target(ip: Any, port: int) -> str:
 
 def _enable_route_localnet(cont: Any) -> None:
     """Hairpin/localhost to a host port needs route_localnet on the interface toward the container."""
-    with link.iproute() as ipr:
-        ifname = link.route_oif_name(ipr, str(cont.ip))
+    ifname = link.route_oif_name(str(cont.ip))
     if ifname:
         try:
             link.sysctl_set(f"net/ipv4/conf/{ifname}/route_localnet", "1")

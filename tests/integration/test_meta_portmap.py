@@ -1,0 +1,139 @@
+"""portmap on a live kernel (sandbox): rules after ADD, traffic through mapped ports, rules gone after DEL.
+
+The pod is wired by the Go bridge plugin (the fixed point portmap chains after); portmap is ours,
+exec'd like a runtime does. Traffic is real: busybox httpd in the pod, fetched from the sandbox host.
+"""
+from __future__ import annotations
+
+import pytest
+
+import cnitest
+import metautil as mu
+
+TCP80 = {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}
+
+
+@pytest.fixture
+def pod(netns):
+    p = mu.add_pod(netns, mu.uid(), hairpinMode=True)
+    yield p
+    mu.del_pod(p)
+    mu.reset_netfilter()
+
+
+def pm(pod, backend=None, mappings=(TCP80,), **extra):
+    plugin = {"type": "portmap", "capabilities": {"portMappings": True}, **extra}
+    if backend:
+        plugin["backend"] = backend
+    return mu.chained(pod, plugin, runtime={"portMappings": list(mappings)} if mappings is not None else None)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_traffic_through_mapped_port_then_gone_after_del_without_mappings(pod, backend):
+    conf = pm(pod, backend, mappings=[TCP80, {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}])
+    out = mu.run_chain("portmap", "ADD", pod, conf)
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.json["ips"] == pod.result["ips"] and out.json["interfaces"] == pod.result["interfaces"]
+    assert cnitest.sh(f"sysctl -n net.ipv4.conf.{pod.bridge}.route_localnet").strip() == "1"
+    with mu.http_server(pod.netns, 80, "pod says hi"):
+        assert mu.fetch("http://127.0.0.1:8080/") == "pod says hi"          # localhost (output hook + masq)
+        assert mu.fetch(f"http://{pod.gateway}:8080/") == "pod says hi"    # a host address
+        assert mu.run_chain("portmap", "CHECK", pod, conf).rc == 0
+        nodel = {k: v for k, v in conf.items() if k != "runtimeConfig"}   # DEL without portMappings
+        assert mu.run_chain("portmap", "DEL", pod, nodel).rc == 0
+        assert mu.fetch("http://127.0.0.1:8080/", timeout=1) == ""
+    if backend == "nftables":
+        rules = mu.nft_ruleset()
+        assert "CNI-DN-" not in rules and "CNI-SN-" not in rules and "8080" not in rules
+    else:
+        assert "CNI-DN-" not in mu.iptables_save()
+    assert mu.run_chain("portmap", "DEL", pod, nodel).rc == 0  # DEL twice
+
+
+def test_nft_layout_maps_and_one_chain_per_container(pod):
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=[TCP80, {**TCP80, "hostPort": 8443, "containerPort": 443}]))
+    assert out.rc == 0, out.stdout
+    text = mu.nft_ruleset()
+    assert "tcp . 8080 : jump CNI-DN-" in text and "tcp . 8443 : jump CNI-DN-" in text
+    assert f"{pod.ip} : jump CNI-SN-" in text
+    assert "fib daddr type local jump hostports" in text
+    assert f"dnat ip to {pod.ip}:80" in text and f"dnat ip to {pod.ip}:443" in text
+
+
+def test_hairpin_from_another_pod_on_the_bridge(pod, netns_factory):
+    other = netns_factory()
+    conf2 = dict(pod.conf)
+    out = cnitest.run("bridge", "ADD", conf2, go=True, cid="hairpin2", netns=f"/run/netns/{other}")
+    assert out.rc == 0, out.stdout
+    try:
+        assert mu.run_chain("portmap", "ADD", pod, pm(pod)).rc == 0
+        with mu.http_server(pod.netns, 80, "hairpin ok"):
+            assert mu.fetch(f"http://{pod.gateway}:8080/", netns=other) == "hairpin ok"
+    finally:
+        cnitest.run("bridge", "DEL", conf2, go=True, cid="hairpin2", netns=f"/run/netns/{other}")
+
+
+def test_host_ip_limits_the_mapping_and_other_family_is_skipped(pod):
+    mappings = [{**TCP80, "hostIP": pod.gateway}, {**TCP80, "hostPort": 9090, "hostIP": "fd00::1"}]
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=mappings))
+    assert out.rc == 0, out.stdout
+    text = mu.nft_ruleset()
+    assert f"{pod.gateway} . tcp . 8080 : jump CNI-DN-" in text
+    assert "9090" not in text  # IPv6 hostIP, IPv4-only pod: skipped like Go
+    with mu.http_server(pod.netns, 80, "only via hostIP"):
+        assert mu.fetch(f"http://{pod.gateway}:8080/") == "only via hostIP"
+        assert mu.fetch("http://127.0.0.1:8080/", timeout=1) == ""
+
+
+def test_conflicting_host_port_fails_atomically(pod, netns_factory):
+    assert mu.run_chain("portmap", "ADD", pod, pm(pod)).rc == 0
+    other = mu.Pod(netns_factory(), "intruder", pod.network, pod.bridge, pod.subnet, pod.result, pod.conf)
+    conf = mu.chained(other, {"type": "portmap"},
+                      runtime={"portMappings": [{**TCP80, "hostPort": 7070}, TCP80]})
+    out = mu.run_chain("portmap", "ADD", other, conf)
+    assert out.rc == 1 and out.code == 999 and "already mapped" in out.json["msg"]
+    assert "7070" not in mu.nft_ruleset()  # nothing of the failed ADD was applied
+    assert "traceback" not in out.stdout.lower()
+
+
+def test_check_detects_a_removed_mapping(pod):
+    conf = pm(pod)
+    assert mu.run_chain("portmap", "ADD", pod, conf).rc == 0
+    assert mu.run_chain("portmap", "CHECK", pod, conf).rc == 0
+    cnitest.sh("nft delete element inet cnikit_hostport ports4 '{ tcp . 8080 }'")
+    out = mu.run_chain("portmap", "CHECK", pod, conf)
+    assert out.rc == 1 and "8080" in out.json["msg"]
+
+
+def test_repeated_add_replaces_the_mappings(pod):
+    assert mu.run_chain("portmap", "ADD", pod, pm(pod)).rc == 0
+    assert mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=[{**TCP80, "hostPort": 8181}])).rc == 0
+    text = mu.nft_ruleset()
+    assert "tcp . 8181" in text and "tcp . 8080" not in text
+
+
+def test_no_mappings_is_a_pass_through(pod):
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=None))
+    assert out.rc == 0 and out.json["ips"] == pod.result["ips"]
+    assert "cnikit_hostport" not in mu.nft_ruleset()
+
+
+@pytest.mark.parametrize("mapping,needle", [
+    ({"hostPort": 0, "containerPort": 80, "protocol": "tcp"}, "Invalid host port number: 0"),
+    ({"hostPort": 80, "containerPort": 70000, "protocol": "tcp"}, "Invalid container port number: 70000"),
+    ({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}, "Invalid protocol"),
+    ({"hostPort": 80, "containerPort": 80, "protocol": "tcp", "hostIP": "nope"}, "Invalid host IP"),
+])
+def test_bad_mappings_are_config_errors(pod, mapping, needle):
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=[mapping]))
+    assert out.rc == 1 and out.code == 7 and needle in out.json["msg"]
+    assert "cnikit_hostport" not in mu.nft_ruleset()
+
+
+def test_missing_prev_result_and_bad_backend(pod):
+    conf = pm(pod)
+    del conf["prevResult"]
+    out = mu.run_chain("portmap", "ADD", pod, conf)
+    assert out.rc == 1 and "chained" in out.json["msg"]
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, backend="pf"))
+    assert out.rc == 1 and out.code == 7 and "backend" in out.json["msg"]
