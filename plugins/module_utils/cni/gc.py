@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 import stat
@@ -34,6 +35,8 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 MAX_OWNER = 4096  # a lease holds "<cid>\r\n<ifname>"; read no more than that
 CACHE_KIND = "cniCacheV1"
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
+CLONE_NEWNET = 0x40000000
 TMP_MARK = ".tmp"  # atomic writers (store, runtime cache) write `<name>.tmp<pid>` then rename
 
 
@@ -75,7 +78,8 @@ def netns_alive(path: str) -> bool:
     except OSError:
         return False
     try:
-        return os.readlink(f"/proc/self/fd/{fd}").startswith("net:[")
+        # an nsfs inode answers NS_GET_NSTYPE; a plain file left behind (ENOTTY) is no namespace
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
     except OSError:
         return False
     finally:
