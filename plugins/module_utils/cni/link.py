@@ -203,7 +203,6 @@ def route_oif_name(dst: str) -> Optional[str]:
     (Policy rules are not consulted; a container subnet's route is a plain main-table route.)"""
     import ipaddress  # noqa: PLC0415
     import socket  # noqa: PLC0415
-    import struct  # noqa: PLC0415
 
     target = int(ipaddress.IPv4Address(dst))
     best: Optional[Tuple[int, int, str]] = None  # (prefix length, -metric, device)
@@ -214,8 +213,8 @@ def route_oif_name(dst: str) -> Optional[str]:
                 cols = row.split()
                 if len(cols) < 8 or not int(cols[3], 16) & 0x1:  # RTF_UP
                     continue
-                net, mask = (struct.unpack("=I", bytes.fromhex(c))[0] for c in (cols[1], cols[7]))
-                net, mask = socket.ntohl(net), socket.ntohl(mask)
+                # the kernel prints the network-order words as host integers
+                net, mask = socket.ntohl(int(cols[1], 16)), socket.ntohl(int(cols[7], 16))
                 if target & mask == net & mask:
                     cand = (bin(mask).count("1"), -int(cols[6]), cols[0])
                     best = cand if best is None or cand[:2] > best[:2] else best
