@@ -431,6 +431,17 @@ def ensure_veth(end: LinkAttrs, peer: LinkAttrs, check_mode: bool = False) -> Ch
         return Change(True, before, after)
 
 
+def remove_veth(end: LinkAttrs, peer: Optional[LinkAttrs] = None, check_mode: bool = False) -> Change:
+    """Delete a veth pair by either end (deleting one end deletes its peer)."""
+    ends = {"end": end, **({"peer": peer} if peer is not None else {})}
+    seen = {key: remove_link(attrs, check_mode=True) for key, attrs in ends.items()}
+    if not check_mode:
+        for attrs in ends.values():
+            remove_link(attrs)
+    return Change(any(c.changed for c in seen.values()), {k: c.before for k, c in seen.items()},
+                  {k: c.after for k, c in seen.items()})
+
+
 # --- macvlan ----------------------------------------------------------------------------
 
 def ensure_macvlan(attrs: LinkAttrs, master: str, check_mode: bool = False) -> Change:
