@@ -1,12 +1,7 @@
-"""dhcp IPAM against a real dnsmasq, both ends inside the sandbox: dnsmasq serves a bridge br0 in a
-"server" netns; pods are netns whose eth0 (down, no address) is a veth into that bridge."""
+"""dhcp IPAM against a real dnsmasq, both ends inside the sandbox (see tests/dhcplab.py)."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 
@@ -15,61 +10,14 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cnitest  # noqa: E402
 from cnitest import ip_json, sh  # noqa: E402
+from dhcplab import DNSMASQ, Lab  # noqa: E402
 
-DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 pytestmark = pytest.mark.skipif(not os.path.exists(DNSMASQ), reason="dnsmasq (dnsmasq-base) not installed")
-
-
-class Lab:
-    def __init__(self, srv, pod, tmp):
-        self.srv, self.pod, self.tmp = srv, pod, tmp
-        self.leases = os.path.join(tmp, "dnsmasq.leases")
-        self.proc = None
-
-    def start(self, *extra):
-        self.proc = subprocess.Popen(
-            [DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root", "--group=root",
-             "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-range=10.77.0.50,10.77.0.59,255.255.255.0,1h",
-             f"--dhcp-leasefile={self.leases}", "--pid-file", "--dhcp-option=option:router,10.77.0.1",
-             "--log-dhcp", *extra],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, "dnsmasq.log"), "w"),
-            preexec_fn=lambda: _enter(self.srv))
-        deadline = time.time() + 5
-        while ":67 " not in sh(f"ip netns exec {self.srv} ss -lunH"):  # ready once bound to bootps
-            assert time.time() < deadline and self.proc.poll() is None, "dnsmasq did not start"
-            time.sleep(0.02)
-
-    def plug(self, pod, ifname="eth0", port=None):
-        port = port or f"p{pod[-6:]}{ifname[-1]}"
-        sh(f"ip -n {self.srv} link add {port} type veth peer name {ifname} netns {pod}")
-        sh(f"ip -n {self.srv} link set {port} master br0 up")
-
-    def leased(self):
-        """{ip: client-id hex} from dnsmasq's lease file."""
-        try:
-            lines = open(self.leases).read().split("\n")
-        except FileNotFoundError:
-            return {}
-        return {f[2]: f[4] for f in (line.split() for line in lines) if len(f) >= 5}
-
-    def stop(self):
-        if self.proc:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-
-def _enter(name):
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    os.setns(fd, os.CLONE_NEWNET)
 
 
 @pytest.fixture
 def lab(netns_factory, tmp_path):
-    srv, pod = netns_factory("srv"), netns_factory("pod")
-    sh(f"ip -n {srv} link add br0 type bridge && ip -n {srv} addr add 10.77.0.1/24 dev br0 "
-       f"&& ip -n {srv} link set br0 up")
-    lab = Lab(srv, pod, str(tmp_path))
-    lab.plug(pod)
+    lab = Lab(netns_factory("srv"), netns_factory("pod"), str(tmp_path))
     yield lab
     lab.stop()
 
@@ -100,10 +48,7 @@ def test_add_gets_lease_with_router_and_del_releases_it(lab):
     assert os.path.exists("/run/cni/dhcp/dnet/pod1:eth0.json")
     assert run(lab, "CHECK", conf()).rc == 0
     assert run(lab, "DEL", conf()).rc == 0
-    deadline = time.time() + 5
-    while lab.leased() and time.time() < deadline:
-        time.sleep(0.1)
-    assert lab.leased() == {}  # dnsmasq accepted our RELEASE
+    assert lab.wait_released() == {}  # dnsmasq accepted our RELEASE
     assert not os.path.exists("/run/cni/dhcp/dnet/pod1:eth0.json")
     assert run(lab, "DEL", conf()).rc == 0  # lease missing: still OK
     assert run(lab, "CHECK", conf()).rc == 1
@@ -148,3 +93,63 @@ def test_missing_interface_and_netns_are_errors_on_add(lab):
     assert (out.rc, out.code) == (1, 999) and "nope0" in out.json["msg"]
     out = run(lab, "ADD", conf(), netns="/run/netns/does-not-exist")
     assert out.rc == 1 and "does-not-exist" in out.json["msg"]
+
+
+# --- packet-level pieces (no network) -------------------------------------------------------
+
+from cni.ipam import dhcp  # noqa: E402
+
+
+def test_client_id_is_go_format_truncated_to_254():
+    assert dhcp.client_id("c", "n", "eth0") == b"\x00c/n/eth0"
+    long = dhcp.client_id("x" * 300, "n", "eth0")
+    assert len(long) == 255 and long[0] == 0
+
+
+def test_route_options_like_go():
+    router = {dhcp.OPT_ROUTER: bytes([10, 0, 0, 1])}
+    static = {dhcp.OPT_STATIC_ROUTES: bytes([10, 1, 2, 3, 10, 0, 0, 9, 172, 16, 5, 0, 10, 0, 0, 8])}
+    assert dhcp.lease_routes({**router, **static}) == [
+        {"dst": "10.1.2.3/8", "gw": "10.0.0.9"}, {"dst": "172.16.5.0/16", "gw": "10.0.0.8"},
+        {"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]
+    classless = {dhcp.OPT_CLASSLESS: bytes([16, 10, 99, 10, 0, 0, 254, 0, 10, 0, 0, 1])}
+    assert dhcp.lease_routes({**router, **static, **classless}) == [
+        {"dst": "10.99.0.0/16", "gw": "10.0.0.254"}, {"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]
+    broken = {dhcp.OPT_CLASSLESS: bytes([33, 1, 2, 3, 4, 5, 6, 7, 8])}  # width > 32: Go ignores option 121
+    assert dhcp.lease_routes({**router, **broken}) == [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]
+
+
+def test_lease_result_needs_mask_and_lease_time():
+    opts = {dhcp.OPT_MASK: bytes([255, 255, 255, 0]), dhcp.OPT_LEASE_TIME: (3600).to_bytes(4, "big")}
+    res = dhcp.lease_result(bytes([10, 0, 0, 7]), opts)
+    assert res["ips"] == [{"address": "10.0.0.7/24"}] and res["routes"] == []
+    with pytest.raises(dhcp.CNIError, match="Subnet Mask not found"):
+        dhcp.lease_result(bytes(4), {dhcp.OPT_LEASE_TIME: bytes(4)})
+    with pytest.raises(dhcp.CNIError, match="LeaseTime"):
+        dhcp.lease_result(bytes(4), {dhcp.OPT_MASK: bytes([255, 255, 255, 0])})
+
+
+def test_packet_roundtrip_and_checksums():
+    mac = bytes.fromhex("020000000001")
+    payload = dhcp.bootp(0x1234, mac) + dhcp.encode_options([(dhcp.OPT_MSG_TYPE, bytes([dhcp.DISCOVER]))])
+    pkt = dhcp.ip_udp(bytes(4), b"\xff" * 4, payload)
+    assert dhcp._checksum(pkt[:20]) == 0  # a correct IPv4 header checksums to zero
+    pseudo = pkt[12:20] + bytes([0, 17]) + pkt[24:26]
+    assert dhcp._checksum(pseudo + pkt[20:]) == 0
+    reply = bytearray(pkt)
+    reply[20:24] = bytes([0, 67, 0, 68])  # server -> client ports
+    reply[28] = 2  # BOOTREPLY
+    assert dhcp.parse_reply(bytes(reply), 0x1234, mac)[1] == {dhcp.OPT_MSG_TYPE: bytes([1])}
+    assert dhcp.parse_reply(bytes(reply), 0x9999, mac) is None  # other transaction
+    assert dhcp.parse_reply(b"\x45" + bytes(40), 0x1234, mac) is None  # garbage never raises
+
+
+def test_prepare_options_like_go():
+    req, prov = dhcp.prepare_options({"ipam": {"request": [{"option": "121"}],
+                                               "provide": [{"option": "host-name", "fromArg": "K8S_POD_NAME"}]}},
+                                     "IgnoreUnknown=1;K8S_POD_NAME=web-1")
+    assert req == [121, 3, 1] and prov == {12: b"web-1"}
+    req, _ = dhcp.prepare_options({"ipam": {"request": [{"option": "subnet-mask", "skipDefault": True}]}}, "")
+    assert req == [1]
+    with pytest.raises(dhcp.CNIError, match="Can not parse option"):
+        dhcp.prepare_options({"ipam": {"request": [{"option": "nope"}]}}, "")

@@ -260,10 +260,9 @@ def _mask_bits(mask: bytes) -> int:
 
 
 def _classful(dst: bytes) -> str:
-    first = dst[0]
-    bits = 8 if first < 128 else 16 if first < 192 else 24 if first < 224 else 32  # net.IP.DefaultMask
-    masked = int.from_bytes(dst, "big") & (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
-    return f"{_ip(masked.to_bytes(4, 'big'))}/{bits}"
+    """Go classfulSubnet: net.IP.DefaultMask (A/B, else C), host bits kept as sent."""
+    bits = 8 if dst[0] < 0x80 else 16 if dst[0] < 0xC0 else 24
+    return f"{_ip(dst)}/{bits}"
 
 
 def lease_routes(opts: Options) -> List[Dict[str, str]]:
