@@ -65,10 +65,12 @@ class CNIModule:
                                   exception=traceback.format_exc())
         return None  # not reached: fail_json exits
 
-    def exit(self, changed: bool, before=None, after=None, **results) -> None:
-        """exit_json with `changed` and, in diff mode, the before/after views."""
+    def exit(self, changed: bool, before=None, after=None, header=None, **results) -> None:
+        """exit_json with `changed` and, in diff mode, the before/after views (of file `header`)."""
         if self.module._diff and (before is not None or after is not None):  # pylint: disable=protected-access
             results["diff"] = {"before": before, "after": after}
+            if header:
+                results["diff"].update(before_header=header, after_header=header)
         self.module.exit_json(changed=changed, **results)
 
     def exit_change(self, change, **results) -> None:

@@ -9,6 +9,7 @@ pyroute2 is imported only inside the functions that need it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -575,3 +576,70 @@ def gc_network(rtm: runtime.Runtime, net: runtime.NetworkConfigList, valid: List
         rtm.gc(net, valid)
     return Change(bool(stale), {"network": net.name, "attachments": cached},
                   {"network": net.name, "attachments": [a for a in cached if a not in stale]})
+
+
+# --- network configuration files ----------------------------------------------------------
+
+CONF_EXTENSIONS = (".conflist", ".conf", ".json")
+
+
+def render_config(name: str, config: Dict[str, Any], cni_path: Optional[List[str]] = None,
+                  validate_plugins: bool = True) -> str:
+    """The file text of a conf/conflist after the engine's validation (nothing is written here).
+
+    The network name goes into the config when it has none; the list is parsed like libcni loads it,
+    each plugin config like a plugin reads it, and (with `validate_plugins`) every plugin type must be
+    built in or found on `cni_path` and speak the list's cniVersion.
+    """
+    spec.validate_name(name)
+    conf = dict(config)
+    if conf.setdefault("name", name) != name:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"config names network {conf['name']!r} but name is {name!r}")
+    text = json.dumps(conf, indent=2) + "\n"
+    net = runtime.network_from_bytes(text.encode())
+    spec.check_version_supported(net.cni_version or "0.1.0")
+    for plugin in net.plugins:
+        spec.load_netconf(json.dumps({**plugin, "name": net.name, "cniVersion": net.cni_version}))
+    if validate_plugins:
+        runtime.Runtime(cni_path=cni_path or [runtime.DEFAULT_CNI_PATH]).validate(net)
+    return text
+
+
+def config_filename(name: str, config: Optional[Dict[str, Any]], priority: int, filename: Optional[str]) -> str:
+    if filename is None:
+        ext = ".conf" if config is not None and "plugins" not in config else ".conflist"
+        filename = f"{priority:02d}-{name}{ext}"
+    if "/" in filename or filename.startswith(".") or os.path.splitext(filename)[1] not in CONF_EXTENSIONS:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid config file name {filename!r}: a plain file name ending in "
+                       f"{', '.join(CONF_EXTENSIONS)} (libcni reads no other)")
+    return filename
+
+
+def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_mode: bool = False) -> Change:
+    """Write `text` to `path` atomically (tmp + rename) when it differs; None removes the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            current: Optional[str] = fh.read()
+        current_mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        current, current_mode = None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CNIError(spec.ERR_IO, f"cannot read {path}: {exc}") from None
+    changed = current != text or (text is not None and current_mode != mode)
+    if changed and not check_mode:
+        if text is None:
+            os.unlink(path)
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                os.chmod(tmp, mode)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+    return Change(changed, {"path": path, "content": current or ""}, {"path": path, "content": text or ""})
