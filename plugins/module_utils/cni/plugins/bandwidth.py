@@ -7,8 +7,9 @@ bytes exactly as Go: buffer = ticks(burst/rate), limit = rate x 25 ms + burst. t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import link, skel, spec
 from ..spec import CNIError
@@ -19,6 +20,7 @@ MAX_IFNAME = 15
 LATENCY_USEC = 25_000.0  # Go latencyInMillis = 25
 TIME_UNITS_PER_SEC = 1_000_000
 TBF_HANDLE = 0x10000  # 1:
+TC_H_ROOT = 0xFFFFFFFF
 INGRESS_HANDLE = 0xFFFF0000  # ffff:
 ETH_P_ALL = 0x0003
 KEYS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
@@ -114,6 +116,18 @@ def _tbf_of(ipr: Any, index: int) -> Optional[Dict[str, int]]:
     return None
 
 
+def _undo(ipr: Any, index: int, ifb: str, done: List[str]) -> None:
+    """A failed ADD removes what it created, and only that (a link already called `ifb` stays)."""
+    if "tbf" in done:
+        with contextlib.suppress(Exception):
+            ipr.tc("del", index=index, handle=TBF_HANDLE, parent=TC_H_ROOT)
+    if "ingress" in done:  # removing the ingress qdisc removes its filter too
+        with contextlib.suppress(Exception):
+            ipr.tc("del", "ingress", index, INGRESS_HANDLE)
+    if "ifb" in done:
+        link.delete_link(ipr, ifb)
+
+
 def _check_tbf(ipr: Any, index: int, rate_bits: int, burst_bits: int) -> None:
     want, have = tbf_numbers(rate_bits, burst_bits), _tbf_of(ipr, index)
     if have is None:
@@ -134,14 +148,18 @@ class Bandwidth(Plugin):
         result = prev_result(conf)
         _, host = host_veth(result, ctx.netns, ctx.ifname)
         ifb = ifb_name(conf["name"], ctx.container_id)
+        done: List[str] = []  # what this ADD created, for the undo
         with link.iproute() as ipr:
             try:
                 if bw["ingressRate"]:
                     _add_tbf(ipr, host["index"], bw["ingressRate"], bw["ingressBurst"])
+                    done.append("tbf")
                 if bw["egressRate"]:
                     ipr.link("add", ifname=ifb, kind="ifb", mtu=host["mtu"], state="up")
+                    done.append("ifb")
                     dev = link.require_link(ipr, ifb)
                     ipr.tc("add", "ingress", host["index"], INGRESS_HANDLE)
+                    done.append("ingress")
                     ipr.tc("add-filter", "u32", host["index"], parent=INGRESS_HANDLE, prio=1, protocol=ETH_P_ALL,
                            target=0x10001, keys=["0x0/0x0+0"],
                            action={"kind": "mirred", "direction": "egress", "action": "redirect",
@@ -149,21 +167,11 @@ class Bandwidth(Plugin):
                     _add_tbf(ipr, dev["index"], bw["egressRate"], bw["egressBurst"])
                     result = dict(result, interfaces=result["interfaces"] + [{"name": ifb, "mac": dev["mac"]}])
             except Exception as exc:
-                self._undo(ipr, host["index"], ifb)
+                _undo(ipr, host["index"], ifb, done)
                 if isinstance(exc, CNIError):
                     raise
                 raise link.fail("failed to set up bandwidth limits", exc) from None
         return result
-
-    @staticmethod
-    def _undo(ipr: Any, index: int, ifb: str) -> None:
-        """A failed ADD removes what it added: the qdiscs on the host veth and the IFB."""
-        for kind, handle in (("tbf", TBF_HANDLE), ("ingress", INGRESS_HANDLE)):
-            try:
-                ipr.tc("del", kind, index, handle)
-            except Exception:  # noqa: BLE001,S110 - best effort; absent is fine
-                pass
-        link.delete_link(ipr, ifb)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         bw = limits(conf) or dict.fromkeys(KEYS, 0)
