@@ -389,12 +389,14 @@ class HostLocal(Plugin):
 
     def gc(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
         """Release every lease whose owner is not a valid attachment (legacy cid-only leases
-        are kept while their container ID is). Unreadable or torn leases have no valid owner."""
+        are kept while their container ID is). Unreadable or torn leases have no valid owner;
+        temp files of killed writers go too."""
         ipam = load_config(conf, ctx)
         keep = valid_attachments(conf)
         keep_cids = {cid for cid, _ in keep}
         store = Store(ipam.name, ipam.data_dir)
         with store.locked():
+            store.remove_stale_temps()
             for ip, data in store.leases():
                 cid, sep, ifname = data.decode("utf-8", "replace").partition("\r\n")
                 owned = (cid, ifname) in keep if sep else cid in keep_cids

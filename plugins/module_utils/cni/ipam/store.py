@@ -130,10 +130,10 @@ class Store:
         """Go `Store.Reserve`: create the lease if free, then record it as last reserved."""
         if not self._write_new(str(ip), lease_key(container_id, ifname), replace=False):
             return False
-        faults.point("host_local.after_lease_write")
         try:
+            faults.point("host_local.after_lease_write")
             self._write_new(LAST_IP_PREFIX + str(range_id), str(ip).encode(), replace=True)
-        except CNIError:
+        except BaseException:  # Go would leave the lease behind here; a failed ADD must not
             self.release(ip)
             raise
         return True
@@ -237,6 +237,14 @@ class Store:
             except OSError:
                 continue
             yield ip, data
+
+    def remove_stale_temps(self) -> None:
+        """Temp files a killed writer left behind (ours are only written under the lock, so
+        while the caller holds it no temp file is in use)."""
+        for name in os.listdir(self.dir):
+            if name.startswith(".") and ".tmp" in name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.dir, name))
 
     def exists(self, ip: IPAddr) -> bool:
         return os.path.lexists(os.path.join(self.dir, str(ip)))
