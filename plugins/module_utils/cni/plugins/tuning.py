@@ -96,6 +96,9 @@ class Tuning(Plugin):
         backup = self.backup_path(s["dataDir"], ctx)
         saved = False
         with link.in_netns(ctx.netns):
+            for key, path, _ in files:  # all present before any is written (Go stops half-way)
+                if not os.path.isfile(path):
+                    raise CNIError(spec.ERR_INTERNAL, f"failed to set sysctl {key}: no such sysctl in the container")
             for key, path, value in files:
                 try:
                     with open(path, "w", encoding="ascii") as fh:
