@@ -38,9 +38,9 @@ def build_rootfs(root: str) -> str:
     return root
 
 
-def our_bin(dest: str) -> str:
+def our_bin(dest: str, agent_socket: Optional[str] = None) -> str:
     """A private CNI bin dir holding our executables (what `make plugins DEST=...` writes)."""
-    write_executables(dest, sys.executable, cnitest.LIB)
+    write_executables(dest, sys.executable, cnitest.LIB, socket=agent_socket)
     return dest
 
 
