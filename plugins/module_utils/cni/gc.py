@@ -165,22 +165,26 @@ def collect(cache_dir: str = DEFAULT_CACHE_DIR, cni_path: Sequence[str] = (),
             except Exception as err:  # noqa: BLE001
                 report.errors.append(f"GC {name}: {err}")
     if orphans:
+        from .ipam.store import LINE_BREAK  # noqa: PLC0415
+
         _stray_cache_files(cache_dir, grace, dry_run, report)
         for data_dir in data_dirs:
-            for network, cid, ifname, ip in _orphan_leases(data_dir, live, grace, dry_run, report):
+            for network, owner, ip in _orphan_leases(data_dir, live, grace, dry_run, report):
+                cid, _, ifname = owner.decode("utf-8", "replace").partition(LINE_BREAK)
                 report.orphan_leases.append(f"{network}/{ip} ({cid} {ifname})".rstrip())
                 if not dry_run:
-                    _release_orphan(runtime, rt, data_dir, network, cid, ifname, ip, report)
+                    _release_orphan(runtime, rt, data_dir, network, owner, ip, report)
     return report
 
 
-def _release_orphan(runtime: Any, rt: Any, data_dir: str, network: str, cid: str, ifname: str, ip: Any,
+def _release_orphan(runtime: Any, rt: Any, data_dir: str, network: str, owner: bytes, ip: Any,
                     report: Report) -> None:
     """DEL the orphan through its network's current config when there is one (no cache entry means
     no prevResult, so every plugin cleans up by container ID: rules go with the lease), then free
     the lease itself if that DEL did not (another dataDir in the config, no config, legacy lease)."""
-    from .ipam.store import Store, lease_key  # noqa: PLC0415
+    from .ipam.store import LINE_BREAK, Store  # noqa: PLC0415
 
+    cid, _, ifname = owner.decode("utf-8", "replace").partition(LINE_BREAK)
     if ifname:
         try:
             net = rt.load_network(network)
@@ -196,10 +200,10 @@ def _release_orphan(runtime: Any, rt: Any, data_dir: str, network: str, cid: str
         path = os.path.join(store.dir, str(ip))
         try:
             with open(path, "rb") as fh:
-                owner = fh.read(MAX_OWNER).strip()
+                now = fh.read(MAX_OWNER).strip()
         except OSError:
             return
-        if owner in (lease_key(cid, ifname), cid.encode()):  # still the orphan, not a new lease
+        if now == owner:  # still the orphan (or garbage), not a lease made since
             store.release(ip)
 
 
@@ -219,9 +223,9 @@ def _stray_cache_files(cache_dir: str, grace: float, dry_run: bool, report: Repo
 
 
 def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float, dry_run: bool,
-                   report: Report) -> List[Tuple[str, str, str, Any]]:
-    """(network, cid, ifname, ip) of host-local leases no live cache entry accounts for; temp files
-    of a killed writer are removed on the way (under the store's lock)."""
+                   report: Report) -> List[Tuple[str, bytes, Any]]:
+    """(network, owner bytes, ip) of host-local leases no live cache entry accounts for (garbage
+    or torn contents included); temp files of a killed writer are removed on the way."""
     from .ipam.store import LINE_BREAK, Store, parse_ip  # noqa: PLC0415
 
     try:
@@ -255,12 +259,12 @@ def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float,
                 if ip is None:
                     continue
                 with open(path, "rb") as fh:
-                    owner = fh.read(MAX_OWNER).strip().decode("utf-8", "replace")
-                cid, _, ifname = owner.partition(LINE_BREAK)
+                    owner = fh.read(MAX_OWNER).strip()
+                cid, _, ifname = owner.decode("utf-8", "replace").partition(LINE_BREAK)
                 if (network, cid, ifname) in live or (not ifname and any(
                         k[0] == network and k[1] == cid for k in live)):
                     continue
-                found.append((network, cid, ifname, ip))
+                found.append((network, owner, ip))
     return found
 
 
