@@ -308,8 +308,10 @@ def parse_resolv_conf(path: str) -> Dict[str, Any]:
 
 
 def allocate(store: Store, index: int, rs: RangeSet, cid: str, ifname: str,
-             requested: Optional[IPAddr]) -> Dict[str, Any]:
-    """Go `IPAllocator.Get` for range set `index` (the caller holds the store lock)."""
+             requested: Optional[IPAddr], owned: List[IPAddr]) -> Dict[str, Any]:
+    """Go `IPAllocator.Get` for range set `index` (the caller holds the store lock). `owned` is
+    `store.get_by_id(cid, ifname)` from the start of this ADD: Go rescans per range set, but
+    what this ADD adds in one range set can never be in another (they do not overlap)."""
     if requested is not None:
         r = rs.range_for(requested)
         if r is None:
@@ -319,7 +321,7 @@ def allocate(store: Store, index: int, rs: RangeSet, cid: str, ifname: str,
         if not store.reserve(cid, ifname, requested, index):
             raise CNIError(ERR, f"requested IP address {requested} is not available in range set {rs}")
         return {"address": f"{requested}/{r.network.prefixlen}", "gateway": str(r.gateway)}
-    for ip in store.get_by_id(cid, ifname):
+    for ip in owned:
         if rs.contains(ip):
             raise CNIError(ERR, f"{ip} has been allocated to {cid}, duplicate allocation is not allowed")
     for ip, r in rs.candidates(store.last_reserved_ip(index)):
@@ -357,12 +359,13 @@ class HostLocal(Plugin):
         with store.locked():
             requested = {str(ip): ip for ip in ipam.requested}
             ips: List[Dict[str, Any]] = []
+            owned = store.get_by_id(ctx.container_id, ctx.ifname)
             try:
                 for idx, rs in enumerate(ipam.ranges):
                     want = next((k for k, ip in requested.items() if rs.contains(ip)), None)
                     try:
                         ips.append(allocate(store, idx, rs, ctx.container_id, ctx.ifname,
-                                            requested.pop(want) if want else None))
+                                            requested.pop(want) if want else None, owned))
                     except CNIError as exc:
                         raise CNIError(ERR, f"failed to allocate for range {idx}: {exc.msg}") from None
                 if requested:
@@ -398,7 +401,7 @@ class HostLocal(Plugin):
         with store.locked():
             store.remove_stale_temps()
             for ip, data in store.leases():
-                cid, sep, ifname = data.decode("utf-8", "replace").partition("\r\n")
+                cid, sep, ifname = (data or b"").decode("utf-8", "replace").partition("\r\n")
                 owned = (cid, ifname) in keep if sep else cid in keep_cids
                 if not owned:
                     store.release(ip)
