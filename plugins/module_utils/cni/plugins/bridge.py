@@ -109,7 +109,7 @@ class Bridge(Plugin):
                                 "failed to set vlan interface for bridge with addr" if n["vlan"] else
                                 "failed to set bridge addr")
                 if gateways[family]:
-                    enable_forward(family)
+                    link.enable_forward(family)
         if n["ipMasq"]:
             netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
                                    n["backend"])
@@ -336,16 +336,6 @@ def ensure_vlan_gateway(ipr: Any, br: link.Iface, vlan: int, result: Result) -> 
     if not any(i.get("name") == name for i in result["interfaces"]):
         result["interfaces"].append({"name": name, "mac": found["mac"]})
     return found
-
-
-def enable_forward(family: int) -> None:
-    """Go ip.EnableIP4Forward / EnableIP6Forward (written only when not already 1)."""
-    key = "net/ipv4/ip_forward" if family == 4 else "net/ipv6/conf/all/forwarding"
-    try:
-        if link.sysctl_get(key) != "1":
-            link.sysctl_set(key, "1")
-    except OSError as exc:
-        raise link.fail("failed to enable forwarding", exc) from None
 
 
 # --- CHECK steps (Go validateCni*Interface) ------------------------------------------------------

@@ -1,0 +1,157 @@
+"""ptp: a point-to-point veth, routed by the host (Go plugins/main/ptp v1.1.1).
+
+The host end carries each gateway as /32 (/128) and a host route to the container address; in the
+container the subnet route is replaced by an on-link route to the gateway plus the subnet via the
+gateway. Options: ipMasq (+ ipMasqBackend), mtu, ipam (required), dns (wins over IPAM's when set).
+Result interfaces [host veth, container veth], ips[].interface = 1.
+Deliberate differences: a failed ADD also deletes the veth pair and the masquerade (Go only
+releases IPAM); DEL removes the masquerade even when the netns is gone.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from .. import ipam, link, netfilter, skel, spec
+from ..spec import CNIError
+from . import Conf, Plugin, Result, conf_field, prev_result
+
+
+class Ptp(Plugin):
+    name = "ptp"
+
+    def add(self, ctx: skel.Context, conf: Conf) -> Result:
+        mtu = conf_field(conf, "mtu", int, 0)
+        masq = conf_field(conf, "ipMasq", bool, False)
+        backend = conf_field(conf, "ipMasqBackend", str, None)
+        got = ipam.delegate("ADD", ctx, conf)
+        veth_made = masq_done = False
+        try:
+            result = spec.new_result(ips=got["ips"], routes=got["routes"], dns=got.get("dns"))
+            if not result["ips"]:
+                raise link.fail("IPAM plugin returned missing IP config")
+            for family in sorted({ipaddress.ip_interface(ip["address"]).version for ip in result["ips"]}):
+                try:
+                    link.enable_forward(family)
+                except CNIError as err:
+                    raise link.fail(f"Could not enable IP forwarding: {err.msg}") from None
+            host_fd = link.open_netns("/proc/thread-self/ns/net")
+            try:
+                with link.in_netns(ctx.netns):
+                    with link.iproute() as cipr:
+                        host, cont = link.setup_veth(cipr, ctx.ifname, host_fd, mtu)
+                        veth_made = True
+                        for ip in result["ips"]:
+                            ip["interface"] = 1
+                        result["interfaces"] = [{"name": host["name"], "mac": host["mac"]},
+                                                {"name": ctx.ifname, "mac": cont["mac"], "sandbox": ctx.netns}]
+                        link.configure_iface(cipr, ctx.ifname, result)
+                        container_routes(cipr, cont["index"], result)
+            finally:
+                os.close(host_fd)
+            with link.iproute() as ipr:
+                host_side(ipr, host["name"], result)
+            if masq:
+                netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
+                                       backend)
+                masq_done = True
+        except BaseException:
+            self._undo(ctx, conf, veth_made, masq_done, backend)
+            raise
+        if any(conf.get("dns", {}).get(k) for k in ("nameservers", "search", "options", "domain")) \
+                if isinstance(conf.get("dns"), dict) else False:
+            result["dns"] = spec.new_result(dns=conf["dns"])["dns"]
+        return result
+
+    def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool, masq_done: bool, backend: object) -> None:
+        try:
+            if veth_made:
+                with link.in_netns(ctx.netns):
+                    with link.iproute() as cipr:
+                        link.delete_link(cipr, ctx.ifname)
+            if masq_done:
+                netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, backend)  # type: ignore[arg-type]
+            ipam.delegate("DEL", ctx, conf)
+        except CNIError:
+            pass  # the ADD error is what the runtime must see
+
+    def delete(self, ctx: skel.Context, conf: Conf) -> None:
+        masq = conf_field(conf, "ipMasq", bool, False)
+        backend = conf_field(conf, "ipMasqBackend", str, None)
+        ipam.delegate("DEL", ctx, conf)  # IPAM first, like v1.1.1 ptp
+        addrs = None
+        if ctx.netns:
+            try:
+                with link.in_netns(ctx.netns):
+                    with link.iproute() as cipr:
+                        addrs = link.delete_link(cipr, ctx.ifname)
+            except link.NetnsNotFound:
+                addrs = None
+        if masq:
+            # Go skips this when the netns/link is gone and leaks the chain; we remove it anyway
+            netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, backend)
+
+    def check(self, ctx: skel.Context, conf: Conf) -> None:
+        conf_field(conf, "mtu", int, 0)
+        os.close(link.open_netns(ctx.netns))
+        ipam.delegate("CHECK", ctx, conf)
+        result = prev_result(conf, required=False)
+        if result is None:
+            raise link.fail("ptp: Required prevResult missing")
+        cont = next((i for i in result["interfaces"] if i.get("name") == ctx.ifname
+                     and i.get("sandbox") == ctx.netns), {})
+        if ctx.netns != cont.get("sandbox", ""):
+            raise link.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
+                            f"{ctx.netns}")
+        with link.in_netns(ctx.netns):
+            with link.iproute() as cipr:
+                found = link.get_link(cipr, cont["name"])
+                if found is None:
+                    raise link.fail(f"ptp: Container Interface name in prevResult: {cont['name']} not found")
+                if found["kind"] != "veth":
+                    raise link.fail(f"Error: Container interface {cont['name']} not of type veth/p2p")
+                if cont.get("mac") and cont["mac"] != found["mac"]:
+                    raise link.fail(f"ptp: Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
+                                    f"{found['mac']}")
+                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
+                link.check_routes(cipr, result["routes"])
+        if conf_field(conf, "ipMasq", bool, False):
+            netfilter.check_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
+                                   conf_field(conf, "ipMasqBackend", str, None))
+
+
+def container_routes(cipr: link.Any, index: int, result: Result) -> None:
+    """Replace each subnet route by an on-link /32 (/128) route to the gateway and the subnet via it."""
+    for ipc in result["ips"]:
+        iface = ipaddress.ip_interface(ipc["address"])
+        net = str(iface.network)
+        try:
+            # proto 0 / scope NOWHERE are wildcards; pyroute2 would otherwise match only "static" routes
+            cipr.route("del", dst=str(iface.network.network_address), dst_len=iface.network.prefixlen, oif=index,
+                       family=10 if iface.version == 6 else 2, proto=0, scope=255)
+        except Exception as exc:  # noqa: BLE001
+            raise link.fail(f"failed to delete route {net}", exc) from None
+        bits = 32 if iface.version == 4 else 128
+        gw = ipc.get("gateway")
+        try:
+            link.add_route(cipr, f"{gw}/{bits}", None, index, scope=253, prefsrc=str(iface.ip))
+            link.add_route(cipr, net, gw, index, scope=0, prefsrc=str(iface.ip))
+        except Exception as exc:  # noqa: BLE001
+            raise link.fail(f"failed to add route {net} via {gw}", exc) from None
+
+
+def host_side(ipr: link.Any, name: str, result: Result) -> None:
+    """Each gateway as /32 (/128) on the host veth and a host-scope route to the container IP."""
+    veth = link.require_link(ipr, name, link.json_quote(name))
+    for ipc in result["ips"]:
+        iface = ipaddress.ip_interface(ipc["address"])
+        bits = 32 if iface.version == 4 else 128
+        try:
+            link.add_address(ipr, veth["index"], f"{ipc['gateway']}/{bits}")
+        except Exception as exc:  # noqa: BLE001
+            raise link.fail(f"failed to add IP addr ({ipc['gateway']}/{bits}) to veth", exc) from None
+        try:
+            link.add_route(ipr, f"{iface.ip}/{bits}", None, veth["index"], scope=254)
+        except Exception as exc:  # noqa: BLE001
+            if link.netlink_error_code(exc) != 17:
+                raise link.fail("failed to add route on host", exc) from None
