@@ -643,3 +643,56 @@ def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_
                     os.unlink(tmp)
                 raise
     return Change(changed, {"path": path, "content": current or ""}, {"path": path, "content": text or ""})
+
+
+# --- host port mappings (the engine's portmap plugin, called in-process) ---------------------
+
+def ensure_portmap(network: str, container_id: str, container_ips: List[str], mappings: List[Dict[str, Any]],
+                   present: bool = True, backend: Optional[str] = None, snat: bool = True, ifname: str = "eth0",
+                   netns: str = "", check_mode: bool = False) -> Change:
+    """The port mappings of one container, as a set owned by (network, container_id).
+
+    present: nothing when CHECK passes for `mappings`; else DEL (drops whatever set was there)
+             and ADD. absent: DEL when CHECK finds `mappings` installed.
+    """
+    from .plugins.portmap import Portmap  # noqa: PLC0415 - only this module needs netfilter
+
+    spec.validate_name(network)
+    skel.validate_container_id(container_id)
+    ips = []
+    for ip in container_ips:
+        try:
+            addr = ipaddress.ip_interface(ip)
+        except ValueError:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid container IP {ip!r}") from None
+        ips.append({"address": addr.with_prefixlen})
+    if not ips:
+        raise CNIError(spec.ERR_INVALID_CONFIG, "container_ip: at least one container address is needed")
+    conf: Dict[str, Any] = {"cniVersion": "1.0.0", "name": network, "type": "portmap", "snat": snat,
+                            "runtimeConfig": {"portMappings": mappings},
+                            "prevResult": {"cniVersion": "1.0.0", "ips": ips}}
+    if backend:
+        conf["backend"] = backend
+    plugin = Portmap()
+
+    def run(command: str) -> None:
+        ctx = skel.Context(command=command, container_id=container_id, netns=netns, ifname=ifname)
+        skel.call(plugin, ctx, spec.load_netconf(json.dumps(conf)))
+
+    try:
+        run("CHECK")
+        installed = True
+    except CNIError as err:
+        if err.code == spec.ERR_INVALID_CONFIG:
+            raise  # a bad mapping, protocol or backend: not a question of what is installed
+        installed = False
+    view = {"network": network, "container_id": container_id, "mappings": mappings}
+    before = {**view, "state": "present" if installed else "absent"}
+    after = {**view, "state": "present" if present else "absent"}
+    if installed == present:
+        return Change(False, before, before)
+    if not check_mode:
+        run("DEL")
+        if present:
+            run("ADD")
+    return Change(True, before, after)
