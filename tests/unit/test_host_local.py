@@ -353,3 +353,12 @@ def test_load_config_is_pure(tmp_path):
     cfg = hl.load_config(conf(tmp_path, [[{"subnet": "10.0.0.0/24"}]]), ctx)
     assert [str(rs) for rs in cfg.ranges] == ["10.0.0.1-10.0.0.254"]
     assert json.dumps(cfg.routes) == "[]"
+
+
+@pytest.mark.parametrize("cid, ifname", [("a\r\nb", "eth0"), ("", "eth0"), ("c1", "a/b"), ("c1", "")])
+def test_in_process_callers_cannot_forge_lease_content(tmp_path, cid, ifname):
+    ctx = skel.Context(command="ADD", container_id=cid, ifname=ifname)
+    with pytest.raises(Exception) as err:
+        hl.HostLocal().add(ctx, conf(tmp_path, [[{"subnet": "10.0.0.0/24"}]]))
+    assert err.value.code in (3, 4)
+    assert not os.path.exists(tmp_path / "net1")

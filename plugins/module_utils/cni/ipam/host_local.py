@@ -235,6 +235,11 @@ def _ip_list(raw: Any) -> List[Optional[IPAddr]]:
 
 def load_config(conf: Dict[str, Any], ctx: skel.Context) -> IpamConf:
     """Go `allocator.LoadIPAMConfig`."""
+    if ctx.command in ("ADD", "CHECK", "DEL"):
+        # Already checked by the skel for an exec; repeated for in-process callers, since both
+        # end up inside lease files that Go binaries parse too.
+        skel.validate_container_id(ctx.container_id)
+        skel.validate_ifname(ctx.ifname)
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CNIError(ERR, "IPAM config missing 'ipam' key")
