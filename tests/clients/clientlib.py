@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,7 +123,9 @@ def ruleset_text() -> str:
     """Everything netfilter holds in the sandbox netns (nft view plus iptables-save)."""
     nft = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=False).stdout
     ipt = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
-    return nft + "\n" + ipt
+    # without iptables-save's timestamp comments, so two snapshots compare
+    text = nft + "\n" + "\n".join(line for line in ipt.splitlines() if not line.startswith("#"))
+    return re.sub(r"counter packets \d+ bytes \d+|\[\d+:\d+\]", "<counter>", text)
 
 
 def leases(data_dir: str, net: str) -> List[str]:

@@ -72,7 +72,7 @@ def rootfs(tmp_path_factory):
     return clientlib.build_rootfs(str(tmp_path_factory.mktemp("rootfs")))
 
 
-@pytest.mark.parametrize("flavour", ["go"])
+@pytest.mark.parametrize("flavour", ["ours", "go"])
 def test_ctr_run_cni(containerd, rootfs, flavour):
     if flavour == "ours":
         clientlib.our_bin(containerd["bin"])

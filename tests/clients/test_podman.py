@@ -58,6 +58,39 @@ def podman_factory(tmp_path, rootfs, cgroups):
         pm("rm", "-af", "-t", "0", check=False)
 
 
+def test_podman_runs_httpd_on_our_plugins(podman_factory, tmp_path):
+    pm = podman_factory(clientlib.our_bin(str(tmp_path / "bin")))
+    pm.network("cnikitnet", podnet("cnikitnet", "cnikit-pod0"))
+    pm(*pm.run_args("cnikitnet", "-d", "--name", "web", "-p", "8080:80"), "/bin/httpd", "-f", "-p", "80",
+       "-h", "/var/www")
+    ip = pm("inspect", "web", "--format", '{{(index .NetworkSettings.Networks "cnikitnet").IPAddress}}').stdout.strip()
+    assert ip.startswith(SUBNET + ".")
+    # the page via the pod IP, via the host port on the bridge gateway and on localhost (route_localnet)
+    assert clientlib.fetch(f"http://{ip}/") == clientlib.PAGE
+    assert clientlib.fetch(f"http://{SUBNET}.1:8080/") == clientlib.PAGE
+    assert clientlib.fetch("http://127.0.0.1:8080/") == clientlib.PAGE
+    # tuning ran inside the container's netns
+    assert pm("exec", "web", "cat", "/proc/sys/net/core/somaxconn").stdout.strip() == "512"
+    assert clientlib.leases("/var/lib/cni/networks", "cnikitnet") == [ip]
+    [entry] = clientlib.cache_entries()
+    cid = pm("inspect", "web", "--format", "{{.Id}}").stdout.strip()
+    assert entry == f"cnikitnet-{cid}-eth0"
+    assert ip in clientlib.ruleset_text()
+    pm("rm", "-f", "-t", "0", "web")
+    # nothing left: no lease, no cache entry, no rule naming the pod IP or container, no veth
+    assert clientlib.leases("/var/lib/cni/networks", "cnikitnet") == []
+    assert clientlib.cache_entries() == []
+    after = clientlib.ruleset_text()
+    assert ip not in after and cid[:12] not in after
+    links = cnitest.ip_json("link show master cnikit-pod0")
+    assert links == [], links
+    assert "elements" not in after  # every nft set/map (pod IPs, ports) is empty again
+    # steady state: another container with a port mapping comes and goes, the ruleset is the same
+    pm(*pm.run_args("cnikitnet", "--rm", "-p", "8081:80"), "/bin/true")
+    assert clientlib.ruleset_text() == after
+    assert clientlib.leases("/var/lib/cni/networks", "cnikitnet") == [] and clientlib.cache_entries() == []
+
+
 def test_libcni_cache_is_read_and_collected_by_our_runtime(podman_factory, tmp_path):
     """podman (libcni v1.1) ADDs with the Go plugins; our runtime sees the same attachment in the
     cache, CHECKs it, and its GC DELs it completely. podman's own DEL afterwards is a no-op."""
