@@ -5,8 +5,9 @@ The runtime's result cache (libcni's format, `<cacheDir>/results/<net>-<cid>-<if
 every attachment with the exact config it was made with. An attachment whose netns is gone is
 collected the way libcni's GCNetworkList does it: a full DEL of its cached config with its cached
 prevResult, netns path and CNI_ARGS (that frees the interfaces, leases, masquerade/portmap rules
-and the cache entry); then every network of cniVersion >= 1.1.0 gets the spec GC verb with its
-still-valid attachments, so host-local frees leases nobody owns. With `orphans=True`, host-local
+and the cache entry). With `gc_verb=True` every network of cniVersion >= 1.1.0 then gets the spec
+GC verb with its still-valid attachments (host-local frees every lease not listed: only safe when
+this cache is the whole truth and no ADD is in flight). With `orphans=True`, host-local
 leases that no cache entry accounts for (a runtime killed before it wrote the cache) are DELed
 through their network's config in the conf dir, which takes their rules along, or just freed; temp
 files of a killed writer are removed. Orphans are only touched after `grace` seconds, so an ADD in
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Set, Tuple
 
-from . import spec
+from . import skel, spec
 from .spec import CNIError
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
@@ -135,7 +136,7 @@ def _delete(runtime: Any, rt: Any, att: Attachment) -> Any:
 
 def collect(cache_dir: str = DEFAULT_CACHE_DIR, cni_path: Sequence[str] = (),
             data_dirs: Sequence[str] = (DEFAULT_DATA_DIR,), orphans: bool = False, grace: float = 60.0,
-            dry_run: bool = False, conf_dir: str = DEFAULT_CONF_DIR) -> Report:
+            dry_run: bool = False, conf_dir: str = DEFAULT_CONF_DIR, gc_verb: bool = False) -> Report:
     from . import runtime  # noqa: PLC0415 - the CLI's other commands do not need it
 
     report = Report()
@@ -155,7 +156,7 @@ def collect(cache_dir: str = DEFAULT_CACHE_DIR, cni_path: Sequence[str] = (),
                 _delete(runtime, rt, att)
             except Exception as err:  # noqa: BLE001 - one failed attachment must not stop the rest
                 report.errors.append(f"DEL {_label(att)}: {err}")
-    if not dry_run:
+    if gc_verb and not dry_run:
         for name, config in sorted(nets.items()):
             valid = [{"containerID": c, "ifname": i} for n, c, i in sorted(live) if n == name]
             try:
@@ -185,16 +186,17 @@ def _release_orphan(runtime: Any, rt: Any, data_dir: str, network: str, owner: b
     from .ipam.store import LINE_BREAK, Store  # noqa: PLC0415
 
     cid, _, ifname = owner.decode("utf-8", "replace").partition(LINE_BREAK)
-    if ifname:
+    try:
+        skel.validate_container_id(cid)
+        skel.validate_ifname(ifname)
+        net = rt.load_network(network)
+    except CNIError:
+        net = None  # garbage owner, legacy cid-only lease or no config left: only the lease to free
+    if net is not None:
         try:
-            net = rt.load_network(network)
-        except CNIError:
-            net = None  # the network's config is gone: only the lease is left to free
-        if net is not None:
-            try:
-                rt.delete(net, runtime.RuntimeConf(container_id=cid, netns="", ifname=ifname))
-            except Exception as err:  # noqa: BLE001
-                report.errors.append(f"DEL orphan {network}/{cid}/{ifname}: {err}")
+            rt.delete(net, runtime.RuntimeConf(container_id=cid, netns="", ifname=ifname))
+        except Exception as err:  # noqa: BLE001
+            report.errors.append(f"DEL orphan {network}/{cid}/{ifname}: {err}")
     store = Store(network, data_dir)
     with store.locked():
         path = os.path.join(store.dir, str(ip))
@@ -273,7 +275,8 @@ def main(args: Any) -> int:
     cni_path = [p for p in (args.cni_path or os.environ.get("CNI_PATH", "")).split(os.pathsep) if p]
     report = collect(cache_dir=args.cache_dir, cni_path=cni_path, data_dirs=args.data_dir or [DEFAULT_DATA_DIR],
                      orphans=args.orphans, grace=args.grace, dry_run=args.dry_run,
-                     conf_dir=args.conf_dir or os.environ.get("NETCONFPATH") or DEFAULT_CONF_DIR)
+                     conf_dir=args.conf_dir or os.environ.get("NETCONFPATH") or DEFAULT_CONF_DIR,
+                     gc_verb=args.gc_verb)
     print(spec.dumps(report.to_dict()))
     return 1 if report.errors else 0
 
@@ -288,6 +291,9 @@ def add_parser(sub: Any) -> None:
                    f"{DEFAULT_CONF_DIR})")
     p.add_argument("--orphans", action="store_true", help="also free leases no cache entry accounts for, "
                    "DELing them through their network's config when it exists")
+    p.add_argument("--gc-verb", action="store_true", help="also send the spec GC verb (cniVersion >= 1.1.0) "
+                   "with this cache's live attachments as the valid list: only when every runtime on the "
+                   "node uses this cache dir and none is mid-ADD (the verb has no grace period)")
     p.add_argument("--grace", type=float, default=60.0, help="never touch files younger than this (s)")
     p.add_argument("--dry-run", action="store_true", help="report only")
     p.set_defaults(func=main)
