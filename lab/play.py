@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +27,17 @@ def collections_path() -> str:
         except FileExistsError:
             pass
     return base
+
+
+def engine_snapshot() -> str:
+    """A frozen copy of the engine for one rollout: the roles install a version named by its content
+    digest, so a source tree edited while a demo or test runs would otherwise look like an upgrade
+    between the first run and the idempotence run. Returns the path to pass as cni_plugins_engine_src."""
+    base = tempfile.mkdtemp(prefix="cnikit-engine-", dir=os.path.join(ROOT, "build"))
+    dest = os.path.join(base, "cni")
+    shutil.copytree(os.path.join(ROOT, "plugins", "module_utils", "cni"), dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
 
 
 def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:

@@ -91,7 +91,7 @@ RETURN = r"""
 ranges:
   description:
     - Per node, its range, where it came from (V(override), V(persisted) or V(computed)),
-      and the range as the fewest CIDRs (C(cidrs), what the shim routes).
+      the range as the fewest CIDRs (C(cidrs)) and as routes (C(routes), what the shim routes).
   returned: success
   type: dict
   sample: {"k8s-master": {"rangeStart": "192.168.80.120", "rangeEnd": "192.168.80.129", "source": "computed",
@@ -141,7 +141,7 @@ def main() -> None:
         module.fail_json(msg=f"pod range plan for network {p['network']!r} rejected, no node changed: {exc}")
     module.exit_json(
         changed=False,
-        ranges={node: rng.to_dict() for node, rng in plan.items()},
+        ranges={node: dict(rng.to_dict(), routes=[{"dst": c} for c in rng.cidrs()]) for node, rng in plan.items()},
         persist={node: planner.dump_persisted(p["network"], p["subnet"], rng) for node, rng in plan.items()},
     )
 

@@ -4,7 +4,8 @@ Run on the node by the executables' interpreter:
     activate.py LIBDIR PYTHON DEST NAMES EXCLUDE [--check]
 LIBDIR is <lib dir>/<digest> holding the `cni` package; NAMES and EXCLUDE are comma-separated
 ("" NAMES = every plugin the engine registers; EXCLUDE = names left to the Go plugins). The
-launchers are written by the engine's own write_executables, and only when one differs. Prints
+launchers are written by the engine's own write_executables, and only when one differs from
+what it would write. Prints
 {"stale": [...], "pruned": [...]} - what was (or in check mode would be) changed - so the role
 reports changed exactly then.
 """
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 libdir, python, dest, names, exclude = sys.argv[1:6]
 check = "--check" in sys.argv[6:]
@@ -19,18 +21,19 @@ sys.path.insert(0, libdir)
 from cni import main, registry  # noqa: E402
 
 wanted = [n for n in (names.split(",") if names else registry.PLUGINS) if n and n not in exclude.split(",")]
-text = main.LAUNCHER.format(python=python, libdir=libdir)
 
-
-def current(path):
+def same(a, b):
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read() == text and os.access(path, os.X_OK) and not os.path.islink(path)
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read() and os.access(b, os.X_OK) and not os.path.islink(b)
     except OSError:
         return False
 
 
-stale = [n for n in wanted + ["cnikit"] if not current(os.path.join(dest, n))]
+# what write_executables would write, compared byte for byte with what is there
+with tempfile.TemporaryDirectory() as scratch:
+    main.write_executables(scratch, python, libdir, wanted)
+    stale = [n for n in wanted + ["cnikit"] if not same(os.path.join(scratch, n), os.path.join(dest, n))]
 if stale and not check:
     main.write_executables(dest, python, libdir, wanted)
 # older versions: no launcher points at them any more (the swap above is atomic per file)
