@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional
 
 from .. import ipam, link, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from . import Conf, Plugin, Result, conf_field
+from .single import check_prelude
 
 SYS_BUS_PCI = "/sys/bus/pci/devices"
 USERSPACE_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
@@ -162,19 +163,10 @@ class HostDevice(Plugin):
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         n = load(conf)
-        os.close(link.open_netns(ctx.netns))
-        if ipam.ipam_type(conf):
-            ipam.delegate("CHECK", ctx, conf)
-        result = prev_result(conf, required=False)
-        if result is None:
-            raise link.fail("Required prevResult missing")
+        # a userspace-driver device is no netdev: Go checks nothing past the prevResult
+        result, cont = check_prelude(ctx, conf, match=not n["dpdk"])
         if n["dpdk"]:
             return
-        cont = next((i for i in result["interfaces"] if i.get("name") == ctx.ifname
-                     and i.get("sandbox") == ctx.netns), {})
-        if ctx.netns != cont.get("sandbox", ""):
-            raise link.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
-                            f"{ctx.netns}")
         with link.in_netns(ctx.netns):
             with link.iproute() as cipr:
                 found = link.get_link(cipr, cont["name"])

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from .. import faults, ipam, link, skel, spec
-from . import Conf, Plugin, Result, conf_field, prev_result
+from .. import link, skel
+from . import Conf, Result, conf_field
+from .single import SingleLinkPlugin, check_prelude
 
 MODES = ("bridge", "private", "vepa", "passthru")
 
@@ -23,7 +24,7 @@ def mode_of(conf: Conf) -> str:
     return mode
 
 
-class Macvlan(Plugin):
+class Macvlan(SingleLinkPlugin):
     name = "macvlan"
 
     def load(self, ctx: skel.Context, conf: Conf, ipr: Any, lookup_master: bool = True) -> Dict[str, Any]:
@@ -63,87 +64,25 @@ class Macvlan(Plugin):
                                             mac=mac, link=n["master_index"], macvlan_mode=mode)
             finally:
                 os.close(fd)
-        iface = {"name": ctx.ifname, "mac": made["mac"], "sandbox": ctx.netns}
-        result = spec.new_result(interfaces=[iface])
-        ipam_done = False
-        try:
-            faults.point("macvlan.after_link_create")
-            if ipam.ipam_type(conf):
-                got = ipam.delegate("ADD", ctx, conf)
-                ipam_done = True
-                faults.point("macvlan.after_ipam_add")
-                if not got["ips"]:
-                    raise link.fail("IPAM plugin returned missing IP config")
-                result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
-                result["routes"] = got["routes"]
-            with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
-                    if result["ips"]:
-                        link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
-                        link.configure_iface(cipr, ctx.ifname, result)
-                    else:
-                        link.set_link(cipr, link.require_link(cipr, ctx.ifname)["index"], state="up")
-        except BaseException:
-            self._undo(ctx, conf, ipam_done)
-            raise
-        result["dns"] = spec.new_result(dns=conf.get("dns"))["dns"]
-        return result
+        return self.finish_add(ctx, conf, made)
 
-    def _undo(self, ctx: skel.Context, conf: Conf, ipam_done: bool) -> None:
-        """A failed ADD leaves nothing: the link goes, and the IPAM reservation if one was made."""
-        try:
-            with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
-                    link.delete_link(cipr, ctx.ifname)
-        finally:
-            if ipam_done:
-                try:
-                    ipam.delegate("DEL", ctx, conf)
-                except spec.CNIError:
-                    pass  # the ADD error is what the runtime must see
-
-    def delete(self, ctx: skel.Context, conf: Conf) -> None:
+    def validate_del(self, ctx: skel.Context, conf: Conf) -> None:
         self.load(ctx, conf, None, lookup_master=False)
-        if ipam.ipam_type(conf):
-            ipam.delegate("DEL", ctx, conf)
-        faults.point("macvlan.del_after_ipam")
-        if not ctx.netns:
-            return
-        try:
-            with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
-                    link.delete_link(cipr, ctx.ifname)
-        except link.NetnsNotFound:
-            return  # the container is gone, and with it the macvlan
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         with link.iproute() as ipr:
             self.load(ctx, conf, ipr)
-        os.close(link.open_netns(ctx.netns))  # Go opens the netns before the IPAM CHECK
-        if ipam.ipam_type(conf):
-            ipam.delegate("CHECK", ctx, conf)
-        result = prev_result(conf, required=False)
-        if result is None:
-            raise link.fail("Required prevResult missing")
-        cont = next((i for i in result["interfaces"] if i.get("name") == ctx.ifname
-                     and i.get("sandbox") == ctx.netns), {})
-        if cont.get("sandbox", "") != ctx.netns:
-            raise link.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
-                            f"{ctx.netns}")
+        result, cont = check_prelude(ctx, conf)
+        want = mode_of(conf)
+
+        def same_mode(found: link.Iface) -> None:
+            have = found["data"].get_attr("IFLA_MACVLAN_MODE") if found["data"] is not None else None
+            have_name = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru"}.get(have, str(have))
+            if have_name != want:
+                raise link.fail(f"Container macvlan mode {have_name} does not match expected value: {want}")
+
         with link.in_netns(ctx.netns):
             with link.iproute() as cipr:
-                found = link.get_link(cipr, cont["name"])
-                if found is None:
-                    raise link.fail(f"Container Interface name in prevResult: {cont['name']} not found")
-                if found["kind"] != "macvlan":
-                    raise link.fail(f"Error: Container interface {cont['name']} not of type macvlan")
-                have = found["data"].get_attr("IFLA_MACVLAN_MODE") if found["data"] is not None else None
-                want = mode_of(conf)
-                have_name = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru"}.get(have, str(have))
-                if have_name != want:
-                    raise link.fail(f"Container macvlan mode {have_name} does not match expected value: {want}")
-                if cont.get("mac") and cont["mac"] != found["mac"]:
-                    raise link.fail(f"Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
-                                    f"{found['mac']}")
+                self.check_link(cipr, cont, "macvlan", "macvlan", same_mode)
                 link.check_interface_ips(cipr, ctx.ifname, result["ips"])
                 link.check_routes(cipr, result["routes"])

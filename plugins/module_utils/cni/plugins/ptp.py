@@ -14,7 +14,8 @@ import os
 
 from .. import ipam, link, netfilter, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from . import Conf, Plugin, Result, conf_field
+from .single import check_prelude
 
 
 class Ptp(Plugin):
@@ -93,16 +94,7 @@ class Ptp(Plugin):
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         conf_field(conf, "mtu", int, 0)
-        os.close(link.open_netns(ctx.netns))
-        ipam.delegate("CHECK", ctx, conf)
-        result = prev_result(conf, required=False)
-        if result is None:
-            raise link.fail("ptp: Required prevResult missing")
-        cont = next((i for i in result["interfaces"] if i.get("name") == ctx.ifname
-                     and i.get("sandbox") == ctx.netns), {})
-        if ctx.netns != cont.get("sandbox", ""):
-            raise link.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
-                            f"{ctx.netns}")
+        result, cont = check_prelude(ctx, conf, "ptp: Required prevResult missing")
         with link.in_netns(ctx.netns):
             with link.iproute() as cipr:
                 found = link.get_link(cipr, cont["name"])

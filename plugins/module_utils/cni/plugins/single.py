@@ -1,0 +1,112 @@
+"""What macvlan, ipvlan, vlan, tap and dummy share: ADD makes one link called CNI_IFNAME in the
+container, then the common tail (IPAM, arp_notify, ConfigureIface or just up, undo on failure);
+DEL releases IPAM then deletes the link; CHECK matches prevResult, addresses and routes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .. import faults, ipam, link, skel, spec
+from ..spec import CNIError
+from . import Conf, Plugin, Result, prev_result
+
+
+class SingleLinkPlugin(Plugin):
+    """Base class; subclasses create the link in `add` and hand it to `finish_add`."""
+
+    def finish_add(self, ctx: skel.Context, conf: Conf, made: link.Iface) -> Result:
+        """IPAM (ips on interface 0) and the container side; a failure undoes link and IPAM."""
+        result = spec.new_result(interfaces=[{"name": ctx.ifname, "mac": made["mac"], "sandbox": ctx.netns}])
+        ipam_done = False
+        try:
+            faults.point(f"{self.name}.after_link_create")  # crash-safety tests (faults.py)
+            if ipam.ipam_type(conf):
+                got = ipam.delegate("ADD", ctx, conf)
+                ipam_done = True
+                faults.point(f"{self.name}.after_ipam_add")
+                if not got["ips"]:
+                    raise link.fail("IPAM plugin returned missing IP config")
+                result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
+                result["routes"] = got["routes"]
+            with link.in_netns(ctx.netns):
+                with link.iproute() as cipr:
+                    if ipam_done:
+                        link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
+                        link.configure_iface(cipr, ctx.ifname, result)
+                    else:
+                        found = link.get_link(cipr, ctx.ifname)
+                        if found is None:
+                            raise link.fail(f"failed to find interface name {link.json_quote(ctx.ifname)}: "
+                                            "Link not found")
+                        link.set_link(cipr, found["index"], state="up")
+        except BaseException:
+            self.undo(ctx, conf, ipam_done)
+            raise
+        result["dns"] = spec.new_result(dns=conf.get("dns"))["dns"]
+        return result
+
+    def undo(self, ctx: skel.Context, conf: Conf, ipam_done: bool) -> None:
+        """A failed ADD leaves nothing: the link goes, and the IPAM reservation if one was made."""
+        try:
+            with link.in_netns(ctx.netns):
+                with link.iproute() as cipr:
+                    link.delete_link(cipr, ctx.ifname)
+        finally:
+            if ipam_done:
+                try:
+                    ipam.delegate("DEL", ctx, conf)
+                except CNIError:
+                    pass  # the ADD error is what the runtime must see
+
+    def validate_del(self, ctx: skel.Context, conf: Conf) -> None:
+        """Config checks DEL still makes (never lookups of things that may be gone)."""
+
+    def delete(self, ctx: skel.Context, conf: Conf) -> None:
+        self.validate_del(ctx, conf)
+        if ipam.ipam_type(conf):
+            ipam.delegate("DEL", ctx, conf)
+        faults.point(f"{self.name}.del_after_ipam")
+        if not ctx.netns:
+            return
+        try:
+            with link.in_netns(ctx.netns):
+                with link.iproute() as cipr:
+                    link.delete_link(cipr, ctx.ifname)
+        except link.NetnsNotFound:
+            return  # the container is gone, and its link with it
+
+    def check_link(self, cipr: Any, cont: Dict[str, Any], kind: str, what: str,
+                   validate: Optional[Callable[[link.Iface], None]] = None) -> link.Iface:
+        """Go validateCniContainerInterface: present, of `kind`, `validate` (e.g. the mode), MAC."""
+        found = link.get_link(cipr, cont["name"])
+        if found is None:
+            raise link.fail(f"Container Interface name in prevResult: {cont['name']} not found")
+        if found["kind"] != kind:
+            raise link.fail(f"Error: Container interface {cont['name']} not of type {what}")
+        if validate is not None:
+            validate(found)
+        if cont.get("mac") and cont["mac"] != found["mac"]:
+            raise link.fail(f"Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
+                            f"{found['mac']}")
+        return found
+
+
+def check_prelude(ctx: skel.Context, conf: Conf, missing: str = "Required prevResult missing",
+                  match: bool = True) -> Tuple[Result, Dict[str, Any]]:
+    """The start of every Go cmdCheck here: the netns opens, IPAM CHECK, prevResult present and
+    (when `match`) naming CNI_IFNAME in this netns. Returns (prevResult, its container interface)."""
+    os.close(link.open_netns(ctx.netns))
+    if ipam.ipam_type(conf):
+        ipam.delegate("CHECK", ctx, conf)
+    result = prev_result(conf, required=False)
+    if result is None:
+        raise link.fail(missing)
+    if not match:
+        return result, {}
+    cont = next((i for i in result["interfaces"] if i.get("name") == ctx.ifname
+                 and i.get("sandbox") == ctx.netns), {})
+    if ctx.netns != cont.get("sandbox", ""):
+        raise link.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
+                        f"{ctx.netns}")
+    return result, cont
