@@ -520,3 +520,26 @@ def enable_forward(family: int) -> None:
             sysctl_set(key, "1")
     except OSError as exc:
         raise fail("failed to enable forwarding", exc) from None
+
+
+# tun/tap ioctls (linux/if_tun.h); the device is made in the calling thread's netns
+TUNSETIFF, TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP = 0x400454CA, 0x400454CB, 0x400454CC, 0x400454CE
+IFF_TAP, IFF_NO_PI, IFF_MULTI_QUEUE = 0x0002, 0x1000, 0x0100
+
+
+def create_tap(name: str, multi_queue: bool = False, owner: Optional[int] = None, group: Optional[int] = None) -> None:
+    """A persistent tap device `name` (what `ip tuntap add mode tap` does), owned by uid/gid if given."""
+    import fcntl  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    flags = IFF_TAP | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        if owner is not None:
+            fcntl.ioctl(fd, TUNSETOWNER, owner)
+        if group is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, group)
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
