@@ -137,3 +137,25 @@ def test_missing_prev_result_and_bad_backend(pod):
     assert out.rc == 1 and "chained" in out.json["msg"]
     out = mu.run_chain("portmap", "ADD", pod, pm(pod, backend="pf"))
     assert out.rc == 1 and out.code == 7 and "backend" in out.json["msg"]
+
+
+def test_stale_udp_conntrack_entries_are_flushed_on_add(pod):
+    import socket  # noqa: PLC0415
+    from pyroute2.conntrack import Conntrack, NFCTAttrTuple  # noqa: PLC0415
+
+    def entries():
+        with Conntrack() as ct:
+            return list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP, dport=5353)))
+
+    cnitest.sh("nft add table ip ctprobe && nft add chain ip ctprobe out '{ type filter hook output priority 0; }' "
+               "&& nft add rule ip ctprobe out ct state new accept")  # make conntrack track local UDP
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"early", ("127.0.0.1", 5353))  # before the mapping exists
+        assert len(entries()) == 1
+        out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=[{"hostPort": 5353, "containerPort": 53,
+                                                                     "protocol": "udp"}]))
+        assert out.rc == 0, out.stdout
+        assert entries() == []
+    finally:
+        cnitest.sh("nft delete table ip ctprobe", check=False)

@@ -16,8 +16,11 @@ Unlike Go, DEL cleans up by container ID even when runtimeConfig.portMappings is
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
+import socket
+import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import faults, link, netfilter, skel, spec
@@ -156,6 +159,27 @@ def _enable_route_localnet(cont: Any) -> None:
             link.sysctl_set(f"net/ipv4/conf/{ifname}/route_localnet", "1")
         except OSError as exc:
             raise CNIError(spec.ERR_INTERNAL, f"unable to enable route_localnet: {exc.strerror}") from None
+
+
+def _flush_udp_conntrack(mappings: List[PortMapping], versions: List[int]) -> None:
+    """Go deletePortmapStaleConnections: conntrack entries for a UDP host port made before the
+    mapping existed would keep steering datagrams past the DNAT. Best effort (Go only logs);
+    pyroute2's conntrack socket is imported only when there are UDP mappings."""
+    ports = sorted({m.host_port for m in mappings if m.protocol == "udp"})
+    if not ports:
+        return
+    try:
+        from pyroute2.conntrack import Conntrack, NFCTAttrTuple  # noqa: PLC0415 - lazy on purpose
+
+        with contextlib.closing(Conntrack()) as ct:
+            for v in versions:
+                family = socket.AF_INET if v == 4 else socket.AF_INET6
+                for port in ports:
+                    tup = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port)
+                    for entry in list(ct.dump_entries(tuple_orig=tup)):
+                        ct.delete(entry)
+    except Exception as exc:  # noqa: BLE001 - as in Go, a failure here does not fail the ADD
+        sys.stderr.write(f"portmap: failed to delete stale UDP conntrack entries: {exc}\n")
 
 
 # --- nftables backend ------------------------------------------------------------------------
@@ -381,12 +405,14 @@ class Portmap(Plugin):
         if s.backend == netfilter.NFTABLES:
             nft_add(s, conf["name"], ctx.container_id)
             faults.point("portmap.after_rules")
+            _flush_udp_conntrack(s.mappings, sorted(s.containers))
         else:
             done = []
             try:
                 for v in sorted(s.containers):
                     ipt_add(s, conf["name"], ctx.container_id, v)
                     done.append(v)
+                    _flush_udp_conntrack(s.mappings, [v])
                     faults.point("portmap.after_family")
             except CNIError:
                 if done:  # undo the family already written
