@@ -543,3 +543,14 @@ def create_tap(name: str, multi_queue: bool = False, owner: Optional[int] = None
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     finally:
         os.close(fd)
+
+
+def master_link(ipr: Any, name: str, mtu: Optional[int] = None) -> Iface:
+    """The parent of a macvlan/ipvlan/vlan, failing like Go's getMTUByName ("Link not found"); with
+    `mtu`, also Go's bound check of the child MTU against the master's."""
+    found = get_link(ipr, name)
+    if found is None:
+        raise fail("Link not found")
+    if mtu is not None and (mtu < 0 or mtu > found["mtu"]):
+        raise fail(f"invalid MTU {mtu}, must be [0, master MTU({found['mtu']})]")
+    return found

@@ -35,12 +35,7 @@ class Macvlan(SingleLinkPlugin):
         if lookup_master:
             if not n["master"]:
                 n["master"] = link.default_route_interface(ipr)
-            master = link.get_link(ipr, n["master"])
-            if master is None:
-                raise link.fail("Link not found")
-            n["master_index"] = master["index"]
-            if n["mtu"] < 0 or n["mtu"] > master["mtu"]:
-                raise link.fail(f"invalid MTU {n['mtu']}, must be [0, master MTU({master['mtu']})]")
+            n["master_index"] = link.master_link(ipr, n["master"], n["mtu"])["index"]
         env = skel.load_args(ctx.args, {"MAC": str})
         if env.get("MAC"):
             n["mac"] = env["MAC"]

@@ -15,13 +15,20 @@ from . import Conf, Plugin, Result, prev_result
 class SingleLinkPlugin(Plugin):
     """Base class; subclasses create the link in `add` and hand it to `finish_add`."""
 
-    def finish_add(self, ctx: skel.Context, conf: Conf, made: link.Iface) -> Result:
-        """IPAM (ips on interface 0) and the container side; a failure undoes link and IPAM."""
+    arp_notify = True  # Go vlan and dummy do not set net.ipv4.conf.<if>.arp_notify
+    dns_from_conf = True  # Go dummy keeps IPAM's dns; the others print the config's
+
+    def finish_add(self, ctx: skel.Context, conf: Conf, made: link.Iface, preset: Optional[Result] = None) -> Result:
+        """IPAM (ips on interface 0) and the container side; a failure undoes link and IPAM.
+        `preset`: addresses/routes to apply instead of IPAM's (ipvlan chained after another plugin)."""
         result = spec.new_result(interfaces=[{"name": ctx.ifname, "mac": made["mac"], "sandbox": ctx.netns}])
         ipam_done = False
         try:
             faults.point(f"{self.name}.after_link_create")  # crash-safety tests (faults.py)
-            if ipam.ipam_type(conf):
+            if preset is not None:
+                result["ips"] = [dict(ip, interface=0) for ip in preset["ips"]]
+                result["routes"] = list(preset["routes"])
+            elif ipam.ipam_type(conf):
                 got = ipam.delegate("ADD", ctx, conf)
                 ipam_done = True
                 faults.point(f"{self.name}.after_ipam_add")
@@ -29,10 +36,12 @@ class SingleLinkPlugin(Plugin):
                     raise link.fail("IPAM plugin returned missing IP config")
                 result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
                 result["routes"] = got["routes"]
+                result["dns"] = got.get("dns") or {}
             with link.in_netns(ctx.netns):
                 with link.iproute() as cipr:
-                    if ipam_done:
-                        link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
+                    if result["ips"]:
+                        if self.arp_notify:
+                            link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
                         link.configure_iface(cipr, ctx.ifname, result)
                     else:
                         found = link.get_link(cipr, ctx.ifname)
@@ -43,7 +52,8 @@ class SingleLinkPlugin(Plugin):
         except BaseException:
             self.undo(ctx, conf, ipam_done)
             raise
-        result["dns"] = spec.new_result(dns=conf.get("dns"))["dns"]
+        if self.dns_from_conf:
+            result["dns"] = spec.new_result(dns=conf.get("dns"))["dns"]
         return result
 
     def undo(self, ctx: skel.Context, conf: Conf, ipam_done: bool) -> None:
