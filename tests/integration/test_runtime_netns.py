@@ -75,6 +75,13 @@ def test_cli_lifecycle_on_our_plugins(master, netns, tmp_path):
         assert "eth0" not in links(netns) and leases(tmp_path / "data") == []
         assert os.listdir(tmp_path / "cache" / "results") == []
     assert cnikit("check").returncode == 1  # nothing attached any more
+    # `net gc` (cnitool's: no valid attachments) removes what `add` made
+    assert cnikit("add").returncode == 0 and "eth0" in links(netns)
+    gc = cnikit("gc")
+    assert gc.returncode == 0, gc.stderr
+    assert "eth0" not in links(netns) and leases(tmp_path / "data") == []
+    assert os.listdir(tmp_path / "cache" / "results") == []
+    assert cnikit("status").returncode == 0
 
 
 def test_in_process_and_foreign_plugins_in_one_chain(master, netns, tmp_path):
