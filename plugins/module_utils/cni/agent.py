@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
-from . import registry, skel, spec
+from . import link, registry, skel, spec
 from .spec import CNIError
 
 DEFAULT_SOCKET = "/run/cni/cnikit.sock"
@@ -112,9 +112,7 @@ def warm() -> List[str]:
             registry.load(name)
         except Exception as exc:  # noqa: BLE001 - a missing plugin must not stop the others
             broken.append(f"{name}: {type(exc).__name__}: {exc}")
-    from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415 - the agent is where it pays off
-
-    IPRoute().close()
+    link.iproute().close()
     return broken
 
 
