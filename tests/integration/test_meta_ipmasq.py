@@ -73,3 +73,20 @@ def test_bad_input():
     with pytest.raises(CNIError) as err:
         netfilter.setup_ipmasq("n", "c", ["10.0.0.3/24"], backend="ipfw")
     assert err.value.code == 7
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_gc_removes_the_masquerade_of_invalid_containers_only(sandbox, backend):
+    try:
+        netfilter.setup_ipmasq("gcnet", "live", ["10.7.0.2/24"], backend)
+        netfilter.setup_ipmasq("gcnet", "dead", ["10.7.0.3/24", "fd07::3/64"], backend)
+        netfilter.setup_ipmasq("othernet", "dead", ["10.8.0.3/24"], backend)
+        assert netfilter.gc_ipmasq("gcnet", ["live"], backend) == ["dead"]
+        netfilter.check_ipmasq("gcnet", "live", ["10.7.0.2/24"], backend)
+        netfilter.check_ipmasq("othernet", "dead", ["10.8.0.3/24"], backend)
+        with pytest.raises(CNIError):
+            netfilter.check_ipmasq("gcnet", "dead", ["10.7.0.3/24"], backend)
+        assert "10.7.0.3" not in mu.nft_ruleset() and "fd07::3" not in mu.nft_ruleset()
+        assert netfilter.gc_ipmasq("gcnet", ["live"], backend) == []
+    finally:
+        mu.reset_netfilter()

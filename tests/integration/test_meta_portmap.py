@@ -159,3 +159,22 @@ def test_stale_udp_conntrack_entries_are_flushed_on_add(pod):
         assert entries() == []
     finally:
         cnitest.sh("nft delete table ip ctprobe", check=False)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_gc_removes_only_invalid_containers_of_this_network(pod, netns_factory, backend):
+    for n, (cid, network) in enumerate((("keep", pod.network), ("stale", pod.network), ("foreign", "othernet"))):
+        prefix = pod.subnet.rsplit(".", 1)[0]
+        result = dict(pod.result, ips=[dict(pod.result["ips"][0], address=f"{prefix}.{50 + n}/24")])
+        other = mu.Pod(pod.netns, cid, network, pod.bridge, pod.subnet, result, dict(pod.conf, name=network))
+        port = 9001 + n
+        out = mu.run_chain("portmap", "ADD", other, pm(other, backend, mappings=[{**TCP80, "hostPort": port}]))
+        assert out.rc == 0, out.stdout
+    conf = {"cniVersion": "1.1.0", "name": pod.network, "type": "portmap",
+            "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    if backend:
+        conf["backend"] = backend
+    out = cnitest.run("portmap", "GC", conf, cid="", ifname="")
+    assert out.rc == 0, out.stdout + out.stderr
+    state = mu.nft_ruleset() + mu.iptables_save()
+    assert "9001" in state and "9003" in state and "9002" not in state

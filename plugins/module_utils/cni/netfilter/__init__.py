@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import ipaddress
-from typing import Any, List, Optional
+import re
+from typing import Any, Iterable, List, Optional
 
 from .. import spec
 from ..spec import CNIError
@@ -41,6 +42,21 @@ def go_comment(network: str, container_id: str) -> str:
     return f'name: "{network}" id: "{container_id}"'
 
 
+def owner_comment(network: str, container_id: str) -> str:
+    """The comment our nftables chains carry, so GC can tell whose they are (no quotes: nft has
+    no escape for them; names and IDs are validated to [A-Za-z0-9_.-])."""
+    return f"net {network} id {container_id}"
+
+
+def parse_owner(comment: str) -> Optional[tuple]:
+    """(network, container ID) from an owner_comment or a Go comment, None for anything else."""
+    found = re.fullmatch(r'(?:dnat )?name: "([^"]+)" id: "([^"]+)"|net (\S+) id (\S+)', comment)
+    if not found:
+        return None
+    groups = [g for g in found.groups() if g is not None]
+    return groups[0], groups[1]
+
+
 def interface_networks(addresses: List[str]) -> List[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     """Parse "ip/prefix" strings (a result's ips[].address), rejecting anything else as config error."""
     out = []
@@ -65,6 +81,17 @@ def teardown_ipmasq(network: str, container_id: str, addresses: Optional[List[st
     the pair is found and removed, so a DEL whose netns is already gone leaks nothing. Idempotent."""
     ifaces = interface_networks(addresses) if addresses is not None else None
     backend_module(backend).teardown_masq(network, container_id, ifaces)
+
+
+def gc_ipmasq(network: str, valid_container_ids: Iterable[str], backend: Optional[str] = None) -> List[str]:
+    """Spec 1.1 GC: remove the masquerade of every container of `network` not in the valid set;
+    returns the container IDs cleaned up."""
+    mod = backend_module(backend)
+    valid = set(valid_container_ids)
+    stale = sorted({cid for net, cid in mod.masq_owners() if net == network and cid not in valid})
+    for cid in stale:
+        mod.teardown_masq(network, cid, None)
+    return stale
 
 
 def check_ipmasq(network: str, container_id: str, addresses: List[str], backend: Optional[str] = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 
 from .. import spec
 from ..spec import CNIError
-from . import chain_name, go_comment
+from . import chain_name, go_comment, parse_owner
 
 Rule = Sequence[str]  # iptables arguments after "-A <chain>", e.g. ("-d", "10.0.0.0/24", "-j", "ACCEPT")
 MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
@@ -170,6 +170,22 @@ def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) 
             batch += [f"-F {chain}", f"-X {chain}"]
         if batch:
             restore(version, "nat", batch)
+
+
+def comment_owners(saved: str, parent: str) -> List[tuple]:
+    """(network, container ID) of the Go-style comments on the `-A <parent>` lines of a listing."""
+    out = []
+    for ln in saved.splitlines():
+        if ln.startswith(f"-A {parent} "):
+            found = re.search(r'--comment "((?:[^"\\]|\\.)*)"', ln)
+            owner = parse_owner(found.group(1).replace('\\"', '"')) if found else None
+            if owner and owner not in out:
+                out.append(owner)
+    return out
+
+
+def masq_owners() -> List[tuple]:
+    return [o for v in (4, 6) for o in comment_owners(save(v, "nat"), "POSTROUTING")]
 
 
 def check_masq(network: str, container_id: str, ifaces: List[Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from .. import spec
 from ..spec import CNIError
-from . import chain_name
+from . import chain_name, owner_comment, parse_owner
 
 NFT = "nft"
 MASQ_TABLE = "cnikit_masq"
@@ -59,6 +59,26 @@ def element_target(table: str, map_name: str, key: str) -> Optional[str]:
     proc = _exec(["get", "element", *table.split(), map_name, f"{{ {key} }}"])
     found = re.search(r":\s*(?:jump|goto)\s+([\w.-]+)", proc.stdout) if proc.returncode == 0 else None
     return found.group(1) if found else None
+
+
+def chain_owners(table: str) -> Dict[str, tuple]:
+    """chain name -> (network, container ID) from the chain comments of `table` ("inet name").
+    Read from the text listing: nft 1.0.6's JSON leaves chain comments out."""
+    family, name = table.split()
+    proc = _exec(["list", "chains", family])
+    out: Dict[str, tuple] = {}
+    current = None
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+        words = line.split()
+        if words[:1] == ["table"]:
+            current = words[2] if len(words) > 2 else None
+        elif current == name and words[:1] == ["chain"] and len(words) > 1:
+            chain = words[1]
+        elif current == name and words[:1] == ["comment"]:
+            owner = parse_owner(line.strip()[len("comment "):].strip('"'))
+            if owner:
+                out[chain] = owner
+    return out
 
 
 def has_element(table: str, set_name: str, key: str) -> bool:
@@ -105,7 +125,7 @@ def _masq_base() -> List[str]:
 def setup_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
     t, chain = f"inet {MASQ_TABLE}", chain_name(network, container_id)
     lines = _masq_base() + [
-        f"add chain {t} {chain} {{ comment {quote(f'net {network} id {container_id}')}; }}",
+        f"add chain {t} {chain} {{ comment {quote(owner_comment(network, container_id))}; }}",
         f"flush chain {t} {chain}"]
     for iface in ifaces:
         f, ip = fam(iface), iface.ip
@@ -137,6 +157,10 @@ def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) 
         if err is None:
             return
     raise CNIError(spec.ERR_INTERNAL, "failed to tear down IP masquerade", err)
+
+
+def masq_owners() -> List[tuple]:
+    return list(chain_owners(f"inet {MASQ_TABLE}").values())
 
 
 def check_masq(network: str, container_id: str, ifaces: List[Any]) -> None:

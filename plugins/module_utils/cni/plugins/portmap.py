@@ -236,7 +236,7 @@ def _nft_plan(s: Settings, network: str, cid: str) -> Tuple[List[str], List[Tupl
     """The lines creating the container's chains, rules and map elements, and the elements."""
     t = f"inet {NFT_TABLE}"
     dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
-    comment = nft.quote(f"net {network} id {cid}")
+    comment = nft.quote(netfilter.owner_comment(network, cid))
     rules: List[str] = []
     snat_rules: List[str] = []
     elements: List[Tuple[str, str]] = []
@@ -431,6 +431,26 @@ class Portmap(Plugin):
         else:
             for v in sorted(s.containers):
                 ipt_check(s, conf["name"], ctx.container_id, v)
+
+    def gc(self, ctx: skel.Context, conf: Conf) -> None:
+        """Spec 1.1 GC: drop the mappings of this network's containers that are not valid attachments."""
+        s = settings(conf, ctx.ifname)
+        valid = {a.get("containerID") for a in conf.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+        if s.backend == netfilter.NFTABLES:
+            owners = set(nft.chain_owners(f"inet {NFT_TABLE}").values())
+        else:
+            owners = {o for v in (4, 6) for o in ipt.comment_owners(ipt.save(v, "nat"), TOP_DNAT)}
+        for network, cid in sorted(owners):
+            if network == conf["name"] and cid not in valid:
+                (nft_del if s.backend == netfilter.NFTABLES else ipt_del)(network, cid)
+
+    def status(self, ctx: skel.Context, conf: Conf) -> None:
+        """Spec 1.1 STATUS: ready when the backend's tool runs."""
+        s = settings(conf, ctx.ifname)
+        try:
+            nft.list_json("tables") if s.backend == netfilter.NFTABLES else ipt.save(4, "nat")
+        except CNIError as err:
+            raise CNIError(spec.ERR_NOT_AVAILABLE, f"portmap backend {s.backend} is not usable", str(err)) from None
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         s = settings(conf, ctx.ifname)
