@@ -59,6 +59,9 @@ options:
       metric:
         description: Route metric; omitted matches an existing route of any metric.
         type: int
+  bridge:
+    description: Make this end a port of this bridge (in the same namespace; it must exist).
+    type: str
   up:
     description: Whether this end is up.
     type: bool
@@ -99,6 +102,9 @@ options:
           metric:
             description: Route metric.
             type: int
+      bridge:
+        description: Make the peer end a port of this bridge.
+        type: str
       up:
         description: Whether the peer end is up.
         type: bool
@@ -115,6 +121,7 @@ EXAMPLES = r"""
 - name: ns01 on the lab bridge (the seed's manual lab)
   cnikit.cni.veth:
     name: veth01
+    bridge: br01
     peer:
       name: eth0
       netns: ns01
@@ -143,7 +150,7 @@ from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
 
 ROUTE = dict(type="list", elements="dict", options=dict(
     dst=dict(type="str", required=True), gw=dict(type="str"), metric=dict(type="int")))
-END = dict(netns=dict(type="str"), mtu=dict(type="int"), mac=dict(type="str"),
+END = dict(netns=dict(type="str"), mtu=dict(type="int"), mac=dict(type="str"), bridge=dict(type="str"),
            addresses=dict(type="list", elements="str"), routes=ROUTE, up=dict(type="bool", default=True))
 
 

@@ -42,6 +42,7 @@ class LinkAttrs:
     routes: Optional[List[Dict[str, Any]]] = None  # additive: listed routes are added when missing
     up: Optional[bool] = None
     mode: Optional[str] = None  # macvlan mode (changed in place, except into or out of passthru)
+    bridge: Optional[str] = None  # make the link a port of this bridge (same netns)
     path: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -55,6 +56,8 @@ class LinkAttrs:
             self.addresses = sorted({normalize_cidr(a) for a in self.addresses})
         if self.routes is not None:
             self.routes = [normalize_route(r) for r in self.routes]
+        if self.bridge is not None:
+            validate_ifname(self.bridge)
         if self.mode is not None and self.mode not in MACVLAN_MODES:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid macvlan mode {self.mode!r}: one of {', '.join(MACVLAN_MODES)}")
 
@@ -259,6 +262,9 @@ def _view(ipr: Any, msg: Any, attrs: LinkAttrs) -> State:
         view["master_index"] = msg.get_attr("IFLA_LINK")
     if attrs.routes is not None:
         view["routes"] = _routes(ipr, msg["index"], attrs.routes)
+    if attrs.bridge is not None:
+        master = msg.get_attr("IFLA_MASTER")
+        view["bridge"] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME") if master else None
     return view
 
 
@@ -285,7 +291,7 @@ def _netlink(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
 def _wanted(current: State, attrs: LinkAttrs) -> State:
     """`current` with the managed properties replaced by the wanted ones."""
     after = dict(current)
-    for key in ("mode", "mtu", "mac", "up", "addresses", "routes"):
+    for key in ("mode", "mtu", "mac", "bridge", "up", "addresses", "routes"):
         val = getattr(attrs, key)
         if val is not None:
             after[key] = val
@@ -302,6 +308,11 @@ def _apply(ipr: Any, index: int, current: State, attrs: LinkAttrs) -> None:
         _netlink(f"failed to set mtu {attrs.mtu} on {name}", ipr.link, "set", index=index, mtu=attrs.mtu)
     if attrs.mac is not None and current["mac"] != attrs.mac:
         _netlink(f"failed to set MAC {attrs.mac} on {name}", ipr.link, "set", index=index, address=attrs.mac)
+    if attrs.bridge is not None and current.get("bridge") != attrs.bridge:
+        found = ipr.link_lookup(ifname=attrs.bridge)
+        if not found:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"bridge {attrs.bridge!r} for {name} not found; create it first")
+        _netlink(f"failed to add {name} to bridge {attrs.bridge}", ipr.link, "set", index=index, master=found[0])
     if attrs.addresses is not None:
         for addr in current["addresses"]:
             if addr not in attrs.addresses:
@@ -382,6 +393,27 @@ def remove_link(attrs: LinkAttrs, check_mode: bool = False) -> Change:
         if not check_mode:
             _delete(ipr, msg, attrs.name)
     return Change(True, before, _absent(attrs))
+
+
+# --- bridge -----------------------------------------------------------------------------
+
+def ensure_bridge(attrs: LinkAttrs, check_mode: bool = False) -> Change:
+    """A Linux bridge (like `ip link add NAME type bridge`), reconciled like any link."""
+    require_netns(attrs.netns)
+    with link.iproute(attrs.path or None) as ipr:
+        msg = _find(ipr, attrs.name)
+        if msg is not None:
+            _refuse_foreign(msg, attrs, "bridge")
+            return _reconcile(ipr, msg, attrs, check_mode)
+        if check_mode:
+            return Change(True, _absent(attrs), _wanted(_stub(attrs, "bridge"), attrs))
+        _netlink(f"failed to create bridge {attrs.name}", ipr.link, "add", ifname=attrs.name, kind="bridge")
+        try:
+            after = _configure_new(ipr, attrs)
+        except BaseException:
+            _delete(ipr, _find(ipr, attrs.name), attrs.name)
+            raise
+        return Change(True, _absent(attrs), after)
 
 
 # --- veth -------------------------------------------------------------------------------
