@@ -11,7 +11,7 @@ module: cni_network
 short_description: Attach a network namespace to a CNI network (ADD/CHECK/DEL/GC, like cnitool)
 description:
   - Runs a CNI network configuration list - by name from a config directory, or given inline - against
-    a container's network namespace through the cnikit runtime (a libcni-compatible chain runner:
+    a container's network namespace through the cnikit runtime (a libcni-compatible chain runner with
     capability args, result cache in libcni's format, in-process built-in plugins, foreign plugins
     exec'd from O(cni_path)).
   - O(state=present) runs ADD, unless a cached result for (network, O(container_id), O(ifname)) exists

@@ -1,0 +1,94 @@
+"""docs/modules.md is generated from the modules' DOCUMENTATION/EXAMPLES/RETURN and must match them.
+Regenerate with: .venv/bin/python tests/ansible/test_docs.py"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from typing import Any, Dict, List
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULES = os.path.join(ROOT, "plugins", "modules")
+DOC = os.path.join(ROOT, "docs", "modules.md")
+
+
+def _plain(text: Any) -> str:
+    """Ansible doc markup as Markdown: O(x)/V(x)/C(x)/RV(x) -> `x`, I(x) -> *x*."""
+    text = str(text)
+    text = re.sub(r"O\(([\w.]+)#module:([^)]+)\)", r"`\2` of `\1`", text)
+    text = re.sub(r"\b(?:O|V|C|RV)\(([^)]*)\)", r"`\1`", text)
+    text = re.sub(r"\bI\(([^)]*)\)", r"*\1*", text)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _strings(path: str) -> Dict[str, str]:
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    return {n.targets[0].id: n.value.value for n in tree.body
+            if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)
+            and n.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN") and isinstance(n.value, ast.Constant)}
+
+
+def _options(opts: Dict[str, Any], prefix: str = "") -> List[str]:
+    rows = []
+    for name, o in (opts or {}).items():
+        desc = o.get("description", "")
+        desc = " ".join(_plain(d) for d in desc) if isinstance(desc, list) else _plain(desc)
+        typ = o.get("type", "str") + (f" of {o['elements']}" if o.get("elements") else "")
+        extra = []
+        if o.get("required"):
+            extra.append("**required**")
+        if "default" in o:
+            extra.append(f"default: `{yaml.safe_dump(o['default'], default_flow_style=True).strip().removesuffix('...').strip()}`")
+        if o.get("choices"):
+            extra.append("choices: " + ", ".join(f"`{c}`" for c in o["choices"]))
+        if o.get("aliases"):
+            extra.append("aliases: " + ", ".join(f"`{a}`" for a in o["aliases"]))
+        rows.append(f"| `{prefix}{name}` | {typ} | {'; '.join(extra)} | {desc} |")
+        rows += _options(o.get("suboptions"), f"{prefix}{name}.")
+    return rows
+
+
+def render() -> str:
+    out = ["# Modules", "",
+           "Generated from each module's DOCUMENTATION, EXAMPLES and RETURN by `tests/ansible/test_docs.py`",
+           "(run it with Python to regenerate; the test fails when this file is stale).",
+           "`ansible-doc cnikit.cni.<name>` shows the same text.", ""]
+    names = sorted(f[:-3] for f in os.listdir(MODULES) if f.endswith(".py") and not f.startswith("_"))
+    out += [f"- [`cnikit.cni.{n}`](#cnikitcni{n.replace('_', '')})" for n in names] + [""]
+    for name in names:
+        s = _strings(os.path.join(MODULES, name + ".py"))
+        doc = yaml.safe_load(s["DOCUMENTATION"])
+        out += [f"## cnikit.cni.{name}", "", f"**{_plain(doc['short_description'])}**", ""]
+        out += [f"- {_plain(d)}" for d in doc.get("description", [])] + [""]
+        if doc.get("requirements"):
+            out += ["Requirements: " + "; ".join(_plain(r) for r in doc["requirements"]), ""]
+        attrs = doc.get("attributes") or {}
+        if attrs:
+            out += ["Attributes: " + ", ".join(f"{k} **{v.get('support')}**" for k, v in attrs.items()), ""]
+        out += ["| Option | Type | | Description |", "|---|---|---|---|"] + _options(doc.get("options")) + [""]
+        if doc.get("notes"):
+            out += ["Notes:", ""] + [f"- {_plain(n)}" for n in doc["notes"]] + [""]
+        out += ["Examples:", "", "```yaml", s["EXAMPLES"].strip(), "```", ""]
+        ret = yaml.safe_load(s["RETURN"]) or {}
+        if ret:
+            out += ["| Returns | Type | When | Description |", "|---|---|---|---|"]
+            for key, r in ret.items():
+                desc = r.get("description", "")
+                desc = " ".join(_plain(d) for d in desc) if isinstance(desc, list) else _plain(desc)
+                out.append(f"| `{key}` | {r.get('type', '')} | {_plain(r.get('returned', ''))} | {desc} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def test_modules_doc_is_current():
+    with open(DOC, encoding="utf-8") as fh:
+        assert fh.read() == render(), f"docs/modules.md is stale: run `.venv/bin/python {os.path.relpath(__file__, ROOT)}`"
+
+
+if __name__ == "__main__":
+    with open(DOC, "w", encoding="utf-8") as fh:
+        fh.write(render())
+    sys.exit(0)
