@@ -5,6 +5,8 @@ exec'd like a runtime does. Traffic is real: busybox httpd in the pod, fetched f
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import cnitest
@@ -178,3 +180,27 @@ def test_gc_removes_only_invalid_containers_of_this_network(pod, netns_factory, 
     assert out.rc == 0, out.stdout + out.stderr
     state = mu.nft_ruleset() + mu.iptables_save()
     assert "9001" in state and "9003" in state and "9002" not in state
+
+
+def test_dual_stack_pod_ipv6_mapping_traffic(netns):
+    n = mu.uid()
+    conf = {"cniVersion": "1.0.0", "name": f"v6net{n}", "type": "bridge", "bridge": f"c6{n}", "isGateway": True,
+            "ipam": {"type": "static", "addresses": [{"address": f"10.126.{n % 250}.5/24", "gateway": f"10.126.{n % 250}.1"},
+                                                    {"address": f"fd00:126:{n}::5/64", "gateway": f"fd00:126:{n}::1"}]}}
+    out = cnitest.run("bridge", "ADD", conf, go=True, cid="v6pod", netns=f"/run/netns/{netns}")
+    assert out.rc == 0, out.stdout
+    pod = mu.Pod(netns, "v6pod", conf["name"], conf["bridge"], "", out.json, conf)
+    try:
+        assert mu.run_chain("portmap", "ADD", pod, pm(pod)).rc == 0
+        text = mu.nft_ruleset()
+        assert f"dnat ip6 to [fd00:126:{n}::5]:80" in text and f"dnat ip to 10.126.{n % 250}.5:80" in text
+        assert re.search(rf"map post6 {{[^}}]*fd00:126:{n}::5 : jump CNI-SN-", text)  # v6 hairpin entry
+        for _ in range(100):  # the bridge's IPv6 address must finish DAD before it can be used
+            if not cnitest.sh(f"ip -6 addr show dev {pod.bridge} tentative").strip():
+                break
+            __import__("time").sleep(0.05)
+        with mu.http_server(netns, 80, "v6 ok"):
+            assert mu.fetch(f"http://[fd00:126:{n}::1]:8080/") == "v6 ok"
+    finally:
+        mu.del_pod(pod)
+        mu.reset_netfilter()
