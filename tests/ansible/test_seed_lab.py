@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import ROOT, run_playbook
+from ansible_harness import ROOT, run_playbook
 
 BOOK = os.path.join(ROOT, "examples", "seed_lab.yml")
 
