@@ -512,3 +512,15 @@ def test_cli_add_del_with_recorders(rec, tmp_path):
     assert cnikit("net", "del", "recnet", "/run/netns/a1", env=env).returncode == 0
     assert not (rec.cache / "results" / f"recnet-{cid}-net1").exists()
     assert rec.order() == [("rec1", "ADD"), ("rec1", "CHECK"), ("rec1", "DEL")]
+
+
+def test_gc_of_pre_12_libcni_entry_uses_the_results_sandbox(rec):
+    """libcni v1.1 (podman 4.3) caches no `netns`; the stale DEL still gets the container's netns."""
+    path = rec.cache / "results" / "recnet-old1-eth0"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"kind": "cniCacheV1", "containerId": "old1", "config": "", "ifName": "eth0",
+                                "networkName": "recnet", "result": {"cniVersion": "1.0.0", "interfaces": [
+                                    {"name": "cni0"}, {"name": "eth0", "sandbox": "/run/netns/old"}]}}))
+    rec.runtime().gc(chain(), [])
+    assert {d["env"]["CNI_NETNS"] for d in rec.calls(("DEL",))} == {"/run/netns/old"}
+    assert not path.exists()
