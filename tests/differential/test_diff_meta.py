@@ -70,8 +70,11 @@ def test_portmap_iptables_rules_equal_go(dual, case):
     assert "CNI-DN-" in seen["go"][1][0] and "CNI-DN-" not in seen["go"][2][0]
 
 
-def test_ipmasq_iptables_equals_go_bridge(netns):
-    addrs = [{"address": "10.124.0.5/24", "gateway": "10.124.0.1"}, {"address": "fd00:124::5/64"}]
+@pytest.mark.parametrize("addrs", [
+    [{"address": "10.124.0.5/24", "gateway": "10.124.0.1"}, {"address": "fd00:124::5/64"}],
+    [{"address": "10.124.0.5/24", "gateway": "10.124.0.1"}, {"address": "10.124.0.6/24"}],  # AppendUnique
+], ids=["dual-stack", "two-v4-one-subnet"])
+def test_ipmasq_iptables_equals_go_bridge(netns, addrs):
     pod = static_pod(netns, mu.uid(), addrs, ipMasq=True)
     go_add = nat_state()
     mu.del_pod(pod)
@@ -81,8 +84,15 @@ def test_ipmasq_iptables_equals_go_bridge(netns):
         netfilter.setup_ipmasq(pod.network, pod.cid, [a["address"] for a in addrs], backend="iptables")
         ours_add = nat_state()
         netfilter.teardown_ipmasq(pod.network, pod.cid, None, backend="iptables")
-        assert ours_add == go_add and nat_state() == go_del
+        assert ours_add == go_add
         assert netfilter.chain_name(pod.network, pod.cid) in go_add[0] + go_add[1]
+        assert "CNI-" not in "".join(nat_state())  # ours leaves nothing behind
+        if len([a for a in addrs if ":" not in a["address"]]) > 1:
+            # Go 1.1.1 leaks here: its per-address teardown deletes the chain while the second
+            # address's POSTROUTING jump still references it
+            assert "CNI-" in go_del[0]
+        else:
+            assert nat_state() == go_del
     finally:
         mu.reset_netfilter()
 

@@ -1,9 +1,8 @@
 """iptables backend, compatible with the Go plugins' chains (go-iptables always passes --wait).
 
-Changes go through one `iptables-restore --noflush -w` batch per family instead of an exec per
-rule; a batch is applied atomically or not at all, which is also what lets the common path skip
-the AppendUnique listing: a batch that starts with `-N <chain>` fails as a whole if the chain
-already exists, and only then are the rules checked one by one as Go does.
+Changes go through one `iptables-save` read and one `iptables-restore --noflush -w` batch per
+family instead of an exec per rule; a batch is applied atomically or not at all, so a failed ADD
+leaves nothing half-made.
 """
 from __future__ import annotations
 
@@ -76,18 +75,6 @@ def rules_jumping_to(saved: str, parent: str, chain: str) -> List[str]:
             if ln.startswith(f"-A {parent} ") and (ln.endswith(f" -j {chain}") or f" -j {chain} " in ln)]
 
 
-def append_unique(version: int, table: str, chain: str, rules: List[tuple]) -> None:
-    """Create `chain` with `rules` (list of (chain, rule)) in one batch; if the chain already
-    exists, add only the missing rules (Go's AppendUnique), still as one batch."""
-    batch = [f"-N {chain}"] + [line("-A", c, r) for c, r in rules]
-    err = try_restore(version, table, batch)
-    if err is None:
-        return
-    if "Chain already exists" not in err:
-        raise CNIError(spec.ERR_INTERNAL, f"{_cmd(version, '-restore')} failed", err)
-    restore(version, table, [line("-A", c, r) for c, r in rules if not exists(version, table, c, r)])
-
-
 class Batch:
     """An iptables-restore batch built against one iptables-save listing: chains are created and
     the shared rules inserted only when missing (Go EnsureChain / InsertUnique / AppendUnique), so
@@ -127,14 +114,6 @@ class Batch:
             restore(self.version, self.table, self.lines)
 
 
-def unique(rules: List[tuple]) -> List[tuple]:
-    out: List[tuple] = []
-    for r in rules:
-        if r not in out:
-            out.append(r)
-    return out
-
-
 # --- ipMasq (Go pkg/ip/ipmasq_linux.go) ---------------------------------------------------
 
 def _masq_rules(network: str, container_id: str, ifaces: List[Any], version: int) -> List[tuple]:
@@ -146,13 +125,17 @@ def _masq_rules(network: str, container_id: str, ifaces: List[Any], version: int
         rules += [(chain, ("-d", str(iface.network), *tag, "-j", "ACCEPT")),
                   (chain, ("!", "-d", MCAST[version], *tag, "-j", "MASQUERADE")),
                   ("POSTROUTING", ("-s", f"{iface.ip}/{iface.max_prefixlen}", *tag, "-j", chain))]
-    return unique(rules)
+    return rules  # duplicates (two addresses, one subnet) are dropped by Batch.insert_unique
 
 
 def setup_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
     chain = chain_name(network, container_id)
     for version in sorted({i.version for i in ifaces}):
-        append_unique(version, "nat", chain, _masq_rules(network, container_id, ifaces, version))
+        b = Batch(version, "nat")
+        b.ensure_chain(chain)
+        for parent, rule in _masq_rules(network, container_id, ifaces, version):
+            b.insert_unique(parent, rule)
+        b.commit()
 
 
 def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) -> None:
