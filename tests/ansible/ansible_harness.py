@@ -19,6 +19,7 @@ def make_collections_root(root: str) -> str:
     os.symlink(ROOT, os.path.join(root, "ansible_collections", "cnikit", "cni"))
     return root
 
+
 class Play:
     """One ansible-playbook run; results by task name (the last result for a repeated name)."""
 

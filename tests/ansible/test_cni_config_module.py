@@ -9,9 +9,10 @@ def test_cni_config_lifecycle(play, tmp_path):
     conf_dir = tmp_path / "net.d"
     mv = {"cniVersion": "1.0.0", "plugins": [{"type": "macvlan", "master": "ens33", "mode": "bridge",
                                              "ipam": {"type": "host-local", "subnet": "192.168.80.0/24"}}]}
-    c = lambda config=None, **kw: {"cnikit.cni.cni_config": {  # noqa: E731
-        "name": "mvnet", "config": mv if config is None else config, "conf_dir": str(conf_dir),
-        "cni_path": [str(tmp_path / "bin")], **kw}}
+
+    def c(config=None, **kw):
+        return {"cnikit.cni.cni_config": {"name": "mvnet", "config": mv if config is None else config,
+                                          "conf_dir": str(conf_dir), "cni_path": [str(tmp_path / "bin")], **kw}}
     vepa = {**mv, "plugins": [{**mv["plugins"][0], "mode": "vepa"}]}
     path = conf_dir / "10-mvnet.conflist"
     r = play([

@@ -22,7 +22,9 @@ def test_cni_network_lifecycle(play, tmp_path):
                   "routes": [{"dst": "0.0.0.0/0"}], "gateway": "10.50.0.1"}}]}
     (conf_dir / "10-mvnet.conflist").write_text(json.dumps(conflist))
     common = {"name": "mvnet", "conf_dir": str(conf_dir), "cache_dir": str(cache_dir), "cni_path": [str(tmp_path / "nobin")]}
-    a = lambda **kw: {"cnikit.cni.cni_network": {**common, "container_id": "c1", "netns": ns, **kw}}  # noqa: E731
+
+    def a(**kw):
+        return {"cnikit.cni.cni_network": {**common, "container_id": "c1", "netns": ns, **kw}}
     subprocess.run(["ip", "link", "add", master, "type", "veth", "peer", "name", master + "p"], check=True)
     try:
         r = play([

@@ -16,7 +16,9 @@ def _lo_up(name: str) -> bool:
 
 def test_netns_lifecycle(play):
     name = f"anns{os.getpid()}"
-    t = lambda **kw: {"cnikit.cni.netns": {"name": name, **kw}}  # noqa: E731
+
+    def t(**kw):
+        return {"cnikit.cni.netns": {"name": name, **kw}}
     r = play([
         {"name": "predict", "check_mode": True, **t()},
         {"name": "after predict", "command": f"test ! -e {_ns(name)}", "changed_when": False},

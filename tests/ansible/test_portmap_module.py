@@ -15,9 +15,13 @@ def test_portmap_lifecycle(play):
                                "peer": {"name": "eth0", "netns": ns, "addresses": ["10.77.0.2/24"],
                                         "routes": [{"dst": "default", "gw": "10.77.0.1"}]}}}
     web = [{"host_port": 8080, "container_port": 80}]
-    pm = lambda cid="web1", mappings=None, **kw: {"cnikit.cni.portmap": {  # noqa: E731
-        "network": "pmnet", "container_id": cid, "container_ip": ["10.77.0.2"], "mappings": mappings or web, **kw}}
-    fetch = lambda url: {"uri": {"url": url, "return_content": True, "timeout": 3}, "ignore_errors": True}  # noqa: E731
+
+    def pm(cid="web1", mappings=None, **kw):
+        return {"cnikit.cni.portmap": {"network": "pmnet", "container_id": cid, "container_ip": ["10.77.0.2"],
+                                       "mappings": mappings or web, **kw}}
+
+    def fetch(url):
+        return {"uri": {"url": url, "return_content": True, "timeout": 3}, "ignore_errors": True}
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         with mu.http_server(ns, 80, "pod says hi"):

@@ -11,7 +11,9 @@ def test_veth_lifecycle(play):
     end = {"name": "va", "netns": na, "addresses": ["10.70.0.1/24"], "mtu": 1400}
     peer = {"name": "vb", "netns": nb, "addresses": ["10.70.0.2/24"], "mtu": 1400, "mac": "02:00:00:00:70:02",
             "routes": [{"dst": "10.71.0.0/16", "gw": "10.70.0.1"}]}
-    v = lambda e=None, p=None, **kw: {"cnikit.cni.veth": {**(e or end), "peer": p or peer, **kw}}  # noqa: E731
+
+    def v(e=None, p=None, **kw):
+        return {"cnikit.cni.veth": {**(e or end), "peer": p or peer, **kw}}
     for ns in (na, nb):
         subprocess.run(["ip", "netns", "add", ns], check=True)
     try:

@@ -1,4 +1,5 @@
-"""Desired-state reconciliation for the Ansible modules: named netns, veth pairs, macvlan links.
+"""Desired-state reconciliation for the Ansible modules: named netns, bridges, veth pairs, macvlan
+links, CNI attachments (through the runtime), config files and port mappings (the portmap plugin).
 
 Each `ensure_*` reads what the kernel has, compares it with what was asked for, changes only the
 difference (nothing at all with `check_mode`) and returns a `Change`: whether anything changed
@@ -225,10 +226,6 @@ def _addresses(ipr: Any, index: int) -> List[str]:
             continue  # the kernel's own fe80:: address is not the caller's to manage
         out.add(ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}").with_prefixlen)
     return sorted(out)
-
-
-def _route_key(route: Dict[str, Any]) -> Tuple[str, Optional[str], Optional[int]]:
-    return route["dst"], route.get("gw"), route.get("metric")
 
 
 def _routes(ipr: Any, index: int, wanted: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
