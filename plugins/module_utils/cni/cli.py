@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .gc import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
 
     add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
+    renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
+    renew.add_argument("--once", action="store_true", help="one pass; print each lease's state")
+    renew.add_argument("--interval", type=float, default=30.0, help="longest sleep between passes (s)")
     net = sub.add_parser("net", help="run a network configuration list against a netns (like cnitool)",
                          description="Env: CNI_PATH, NETCONFPATH (default /etc/cni/net.d), CNI_ARGS, "
                                      "CAP_ARGS (JSON), CNI_IFNAME (default eth0), CNI_CACHE_DIR "
@@ -118,6 +121,10 @@ def main(argv: List[str]) -> int:
     try:
         if args.cmd == "gc":
             return args.func(args)
+        if args.cmd == "dhcp-renew":
+            from .ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
+
+            return dhcp.renew_main(args.once, args.interval)
         return net_command(args, dict(os.environ))
     except KeyboardInterrupt:
         return 130
