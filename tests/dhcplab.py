@@ -74,6 +74,11 @@ class Lab:
             return {}
         return {f[2]: f[4] for f in (line.split() for line in lines) if len(f) >= 5}
 
+    def expiries(self) -> dict:
+        """{ip: lease expiry (epoch seconds)} from dnsmasq's lease file."""
+        with open(self.leases) as fh:
+            return {f[2]: int(f[0]) for f in (line.split() for line in fh) if len(f) >= 5}
+
     def wait_released(self, timeout: float = 5.0) -> dict:
         deadline = time.time() + timeout
         while self.leased() and time.time() < deadline:

@@ -1,6 +1,7 @@
 """dhcp IPAM against a real dnsmasq, both ends inside the sandbox (see tests/dhcplab.py)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -93,6 +94,33 @@ def test_missing_interface_and_netns_are_errors_on_add(lab):
     assert (out.rc, out.code) == (1, 999) and "nope0" in out.json["msg"]
     out = run(lab, "ADD", conf(), netns="/run/netns/does-not-exist")
     assert out.rc == 1 and "does-not-exist" in out.json["msg"]
+
+
+def test_renew_after_t1_rebind_after_t2_and_link_down_at_expiry(lab):
+    from cni.ipam import dhcp as engine  # noqa: PLC0415
+
+    lab.start()
+    assert run(lab, "ADD", conf(), cid="pr").rc == 0
+    path = "/run/cni/dhcp/dnet/pr:eth0.json"
+    rec = json.load(open(path))
+    assert (rec["leaseTime"], rec["t1"], rec["t2"]) == (3600, 1800, 3150)  # dnsmasq's 1h, T1 30m, T2 52m30s
+    ip = rec["ip"]
+    before = lab.expiries()[ip]
+    time.sleep(1.1)  # dnsmasq's expiry has one-second resolution
+    assert engine.maintain(now=rec["acquired"] + 60) == {path: "bound"}
+    assert engine.maintain(now=rec["acquired"] + 1801) == {path: "renewed"}  # unicast to dnsmasq
+    renewed = json.load(open(path))
+    assert renewed["acquired"] > rec["acquired"] and renewed["ip"] == ip
+    assert lab.expiries()[ip] > before
+    time.sleep(1.1)
+    assert engine.maintain(now=renewed["acquired"] + 3200) == {path: "rebound"}  # broadcast
+    assert lab.expiries()[ip] > before + 1
+    assert engine.maintain(now=time.time() + 3601) == {path: "expired"}
+    assert "UP" not in ip_json("link show eth0", lab.pod)[0]["flags"]  # as Go's daemon does
+    sh(f"ip netns del {lab.pod}")
+    assert engine.maintain(now=time.time() + 1801) == {path: "gone"}
+    assert run(lab, "DEL", conf(), cid="pr").rc == 0
+    assert engine.maintain() == {}
 
 
 # --- packet-level pieces (no network) -------------------------------------------------------
