@@ -119,6 +119,7 @@ def test_renew_after_t1_rebind_after_t2_and_link_down_at_expiry(lab):
     assert "UP" not in ip_json("link show eth0", lab.pod)[0]["flags"]  # as Go's daemon does
     sh(f"ip netns del {lab.pod}")
     assert engine.maintain(now=time.time() + 1801) == {path: "gone"}
+    assert not os.path.exists(path)  # nothing left to renew or release
     assert run(lab, "DEL", conf(), cid="pr").rc == 0
     assert engine.maintain() == {}
 

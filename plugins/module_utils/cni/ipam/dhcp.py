@@ -7,8 +7,8 @@ result is Go's: the address with the lease's subnet mask, the router as gateway,
 routes if present, else option 33 routes plus a default route via the router.
 
 The lease is recorded in /run/cni/dhcp/<net>/<cid>:<ifname>.json so that DEL can send a RELEASE
-(a missing lease, netns or interface is fine: DEL is best-effort). Renewal is not done (Go's
-daemon renews): use leases that outlive the container, see docs/ipam.md.
+(a missing lease, netns or interface is fine: DEL is best-effort) and `cnikit dhcp-renew` can renew
+it (the role of Go's daemon; see docs/ipam.md).
 
 Config: `ipam.request` [{option, skipDefault}], `ipam.provide` [{option, value | fromArg}] as in
 Go; `ipam.timeout` (seconds, default 10) is ours.
@@ -458,6 +458,11 @@ def maintain(now: Optional[float] = None, lease_dir: str = LEASE_DIR) -> Dict[st
                 states[path] = maintain_one(path, record, time.time() if now is None else now)
             except (KeyError, TypeError, ValueError):
                 states[path] = "invalid"
+            if states[path] == "gone":
+                # Without its netns or interface DEL could not RELEASE either: the record is
+                # dead weight (also one a renewal re-wrote just after a DEL removed it).
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
     return states
 
 
