@@ -279,9 +279,13 @@ def nft_add(s: Settings, network: str, cid: str) -> None:
     plan, _ = _nft_plan(s, network, cid)
     if not plan:
         return
-    old = _nft_owned(dn)  # a repeated ADD replaces what the container had, in the same transaction
-    lines = _nft_base() + (_nft_removal(dn, sn, old) if old is not None else []) + plan
-    err = nft.try_run(lines)
+    # `create chain` fails the whole batch if the container already has mappings: only then is its
+    # chain read, and the repeated ADD replaces the old mappings within one transaction
+    err = nft.try_run(_nft_base() + [plan[0].replace("add chain", "create chain", 1)] + plan[1:])
+    if err is not None:
+        old = _nft_owned(dn)
+        if old is not None:
+            err = nft.try_run(_nft_base() + _nft_removal(dn, sn, old) + plan)
     if err is not None:
         busy = " (a host port is already mapped to another container)" if "File exists" in err else ""
         raise CNIError(spec.ERR_INTERNAL, f"unable to set up port mappings{busy}", err)
