@@ -15,6 +15,8 @@ description:
   - Ports are added from the port's side, e.g. O(cnikit.cni.veth#module:bridge).
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target

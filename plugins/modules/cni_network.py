@@ -25,6 +25,8 @@ description:
     O(valid_attachments) is deleted, then each plugin gets GC (cniVersion 1.1.0 and later).
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target

@@ -19,6 +19,8 @@ description:
     a node reach its own macvlan pods, which a master interface cannot do by itself.
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target

@@ -17,6 +17,8 @@ description:
     O(state=present) and removed on O(state=absent).
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 requirements:
   - pyroute2 >= 0.9.5
   - root (CAP_SYS_ADMIN) on the target

@@ -20,6 +20,8 @@ description:
     not detected - use O(state=absent) with the old list first to shrink a set.
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 requirements:
   - nft (nftables backend) or iptables-restore (iptables backend) on the target
   - root on the target

@@ -18,6 +18,8 @@ description:
     (deleting one end deletes both).
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target
