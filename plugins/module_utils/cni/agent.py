@@ -23,7 +23,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from . import link, registry, skel, spec
 from .spec import CNIError
@@ -152,9 +152,8 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
-def serve(path: str = DEFAULT_SOCKET, ready: Optional[int] = None) -> int:
-    """Run the agent until SIGTERM/SIGINT; in-flight requests finish before it exits.
-    `ready`: a file descriptor to write "ready\\n" to once the socket accepts (then closed)."""
+def serve(path: str = DEFAULT_SOCKET) -> int:
+    """Run the agent until SIGTERM/SIGINT; in-flight requests finish before it exits."""
     broken = warm()
     if broken:
         log("plugins not loadable (their calls will fail): " + "; ".join(broken))
@@ -167,9 +166,6 @@ def serve(path: str = DEFAULT_SOCKET, ready: Optional[int] = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"listening on {path}")
-    if ready is not None:
-        os.write(ready, b"ready\n")
-        os.close(ready)
     try:
         while True:
             conn, _ = sock.accept()
