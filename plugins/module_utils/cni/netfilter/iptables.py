@@ -1,14 +1,17 @@
 """iptables backend, compatible with the Go plugins' chains (go-iptables always passes --wait).
 
-Changes go through one `iptables-save` read and one `iptables-restore --noflush -w` batch per
-family instead of an exec per rule; a batch is applied atomically or not at all, so a failed ADD
-leaves nothing half-made.
+Changes go through `apply()`: one `iptables-save` read and one `iptables-restore --noflush -w`
+batch per family instead of an exec per rule, under a lock of our own; a batch is applied
+atomically or not at all, so a failed ADD leaves nothing half-made, and a lost race is rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import subprocess
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence
 
 from .. import spec
 from ..spec import CNIError
@@ -16,6 +19,7 @@ from . import chain_name, go_comment, parse_owner
 
 Rule = Sequence[str]  # iptables arguments after "-A <chain>", e.g. ("-d", "10.0.0.0/24", "-j", "ACCEPT")
 MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+LOCK = "/run/lock/cnikit-iptables.lock"
 
 
 def _cmd(version: int, tool: str = "") -> str:
@@ -45,12 +49,6 @@ def try_restore(version: int, table: str, lines: Iterable[str]) -> Optional[str]
     data = f"*{table}\n" + "".join(ln + "\n" for ln in lines) + "COMMIT\n"
     proc = _exec([_cmd(version, "-restore"), "--noflush", "-w"], data)
     return None if proc.returncode == 0 else proc.stderr.strip()
-
-
-def restore(version: int, table: str, lines: Iterable[str]) -> None:
-    err = try_restore(version, table, lines)
-    if err is not None:
-        raise CNIError(spec.ERR_INTERNAL, f"{_cmd(version, '-restore')} failed", err)
 
 
 def save(version: int, table: str) -> str:
@@ -109,9 +107,44 @@ class Batch:
         if line("-A", chain, rule) in self.have:
             self.lines.append(line("-D", chain, rule))
 
-    def commit(self) -> None:
-        if self.lines:
-            restore(self.version, self.table, self.lines)
+    def remove_jumps(self, parent: str, chain: str) -> None:
+        """Delete every `-A <parent> ... -j <chain>` rule of the listing, whatever its matches."""
+        self.lines += ["-D" + ln[2:] for ln in rules_jumping_to(self.saved, parent, chain)]
+
+    def remove_chain(self, parent: str, chain: str) -> None:
+        self.remove_jumps(parent, chain)
+        if has_chain(self.saved, chain):
+            self.lines += [f"-F {chain}", f"-X {chain}"]
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Our own read-modify-write lock: iptables-nft takes no lock, and two ADDs racing between
+    iptables-save and iptables-restore would otherwise both create the shared chains."""
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def apply(version: int, table: str, build: Callable[[Batch], None], attempts: int = 3) -> None:
+    """Read the table, let `build` fill a Batch, write it atomically — under our lock. A process
+    outside the lock (a Go plugin) may still change the table in between; the batch then fails
+    as a whole and is rebuilt from a fresh listing."""
+    err = ""
+    with _locked():
+        for _ in range(attempts):
+            b = Batch(version, table)
+            build(b)
+            if not b.lines:
+                return
+            err = try_restore(version, table, b.lines) or ""
+            if not err:
+                return
+    raise CNIError(spec.ERR_INTERNAL, f"{_cmd(version, '-restore')} failed", err)
 
 
 # --- ipMasq (Go pkg/ip/ipmasq_linux.go) ---------------------------------------------------
@@ -131,11 +164,12 @@ def _masq_rules(network: str, container_id: str, ifaces: List[Any], version: int
 def setup_masq(network: str, container_id: str, ifaces: List[Any]) -> None:
     chain = chain_name(network, container_id)
     for version in sorted({i.version for i in ifaces}):
-        b = Batch(version, "nat")
-        b.ensure_chain(chain)
-        for parent, rule in _masq_rules(network, container_id, ifaces, version):
-            b.insert_unique(parent, rule)
-        b.commit()
+        def build(b: Batch, version: int = version) -> None:
+            b.ensure_chain(chain)
+            for parent, rule in _masq_rules(network, container_id, ifaces, version):
+                b.insert_unique(parent, rule)
+
+        apply(version, "nat", build)
 
 
 def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) -> None:
@@ -147,12 +181,8 @@ def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) 
                      if c == "POSTROUTING"]
             if try_restore(version, "nat", jumps + [f"-F {chain}", f"-X {chain}"]) is None:
                 continue
-        saved = save(version, "nat")  # addresses unknown or partly gone: find what is left
-        batch = ["-D" + ln[2:] for ln in rules_jumping_to(saved, "POSTROUTING", chain)]
-        if has_chain(saved, chain):
-            batch += [f"-F {chain}", f"-X {chain}"]
-        if batch:
-            restore(version, "nat", batch)
+        # addresses unknown or partly gone: find what is left
+        apply(version, "nat", lambda b: b.remove_chain("POSTROUTING", chain))
 
 
 def comment_owners(saved: str, parent: str) -> List[tuple]:

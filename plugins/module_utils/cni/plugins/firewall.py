@@ -94,31 +94,35 @@ def ipt_add(s: Dict[str, Any], result: Result) -> None:
     for v, ips in _pod_ips(result).items():
         if not ips:
             continue
-        b = ipt.Batch(v, "filter")
-        b.ensure_chain(PRIV_CHAIN)
-        b.ensure_chain(s["admin"])
-        b.insert_unique("FORWARD", _ipt_priv_rule(), prepend=True)
-        b.insert_unique(PRIV_CHAIN, _ipt_admin_rule(s["admin"]), prepend=True)
-        for ip in ips:
-            for rule in _ipt_rules(ip):
-                b.insert_unique(PRIV_CHAIN, rule)
-        if s["policy"] == "same-bridge":
-            b.ensure_chain(STAGE1)
-            b.ensure_chain(STAGE2)
-            for chain, rule, prepend in _ipt_isolation(_bridge(result, s["policy"])):
-                b.insert_unique(chain, rule, prepend)
-        b.commit()
+
+        def build(b: ipt.Batch, ips: List[str] = ips) -> None:
+            b.ensure_chain(PRIV_CHAIN)
+            b.ensure_chain(s["admin"])
+            b.insert_unique("FORWARD", _ipt_priv_rule(), prepend=True)
+            b.insert_unique(PRIV_CHAIN, _ipt_admin_rule(s["admin"]), prepend=True)
+            for ip in ips:
+                for rule in _ipt_rules(ip):
+                    b.insert_unique(PRIV_CHAIN, rule)
+            if s["policy"] == "same-bridge":
+                b.ensure_chain(STAGE1)
+                b.ensure_chain(STAGE2)
+                for chain, rule, prepend in _ipt_isolation(_bridge(result, s["policy"])):
+                    b.insert_unique(chain, rule, prepend)
+
+        ipt.apply(v, "filter", build)
 
 
 def ipt_del(result: Result) -> None:
     for v, ips in _pod_ips(result).items():
         if not ips:
             continue
-        b = ipt.Batch(v, "filter")
-        for ip in ips:
-            for rule in _ipt_rules(ip):
-                b.delete_existing(PRIV_CHAIN, rule)
-        b.commit()
+
+        def build(b: ipt.Batch, ips: List[str] = ips) -> None:
+            for ip in ips:
+                for rule in _ipt_rules(ip):
+                    b.delete_existing(PRIV_CHAIN, rule)
+
+        ipt.apply(v, "filter", build)
 
 
 def ipt_check(s: Dict[str, Any], result: Result) -> None:

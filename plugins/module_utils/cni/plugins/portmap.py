@@ -350,41 +350,40 @@ def _ipt_dnat_rules(s: Settings, network: str, cid: str, v: int) -> Tuple[str, L
 
 
 def ipt_add(s: Settings, network: str, cid: str, v: int) -> None:
-    b = ipt.Batch(v, "nat")
-    if s.snat and not s.external_setmark:
-        b.ensure_chain(SETMARK)
-        b.insert_unique(SETMARK, ("-m", "comment", "--comment", "CNI portfwd masquerade mark",
-                                  "-j", "MARK", "--set-xmark", _mark(s.mark_bit)))
-        b.ensure_chain(MARK_MASQ)
-        b.insert_unique(MARK_MASQ, ("-m", "mark", "--mark", _mark(s.mark_bit), "-j", "MASQUERADE"))
-        b.insert_unique("POSTROUTING", ("-m", "comment", "--comment", "CNI portfwd requiring masquerade",
-                                        "-j", MARK_MASQ), prepend=True)
-    b.ensure_chain(TOP_DNAT)
-    for parent in ("PREROUTING", "OUTPUT"):
-        b.insert_unique(parent, ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOP_DNAT))
     dn, entries, rules = _ipt_dnat_rules(s, network, cid, v)
-    if b.has_chain(dn):  # repeated ADD: rebuild this container's chain and its entries
-        b.lines += ["-D" + ln[2:] for ln in ipt.rules_jumping_to(b.saved, TOP_DNAT, dn)] + [f"-F {dn}"]
-    else:
-        b.ensure_chain(dn)
-    for r in rules:
-        b.append(dn, r)
-    for e in entries:
-        b.append(TOP_DNAT, e)
-    b.commit()
+
+    def build(b: ipt.Batch) -> None:
+        if s.snat and not s.external_setmark:
+            b.ensure_chain(SETMARK)
+            b.insert_unique(SETMARK, ("-m", "comment", "--comment", "CNI portfwd masquerade mark",
+                                      "-j", "MARK", "--set-xmark", _mark(s.mark_bit)))
+            b.ensure_chain(MARK_MASQ)
+            b.insert_unique(MARK_MASQ, ("-m", "mark", "--mark", _mark(s.mark_bit), "-j", "MASQUERADE"))
+            b.insert_unique("POSTROUTING", ("-m", "comment", "--comment", "CNI portfwd requiring masquerade",
+                                            "-j", MARK_MASQ), prepend=True)
+        b.ensure_chain(TOP_DNAT)
+        for parent in ("PREROUTING", "OUTPUT"):
+            b.insert_unique(parent, ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOP_DNAT))
+        if b.has_chain(dn):  # repeated ADD: rebuild this container's chain and its entries
+            b.remove_jumps(TOP_DNAT, dn)
+            b.lines.append(f"-F {dn}")
+        else:
+            b.ensure_chain(dn)
+        for r in rules:
+            b.append(dn, r)
+        for e in entries:
+            b.append(TOP_DNAT, e)
+
+    ipt.apply(v, "nat", build)
 
 
 def ipt_del(network: str, cid: str) -> None:
+    def build(b: ipt.Batch) -> None:
+        b.remove_chain(TOP_DNAT, netfilter.chain_name(network, cid, "DN-"))
+        b.remove_chain(OLD_TOP_SNAT, netfilter.chain_name(network, cid, "SN-"))
+
     for v in (4, 6):
-        saved = ipt.save(v, "nat")
-        batch: List[str] = []
-        for parent, chain in ((TOP_DNAT, netfilter.chain_name(network, cid, "DN-")),
-                              (OLD_TOP_SNAT, netfilter.chain_name(network, cid, "SN-"))):
-            batch += ["-D" + ln[2:] for ln in ipt.rules_jumping_to(saved, parent, chain)]
-            if ipt.has_chain(saved, chain):
-                batch += [f"-F {chain}", f"-X {chain}"]
-        if batch:
-            ipt.restore(v, "nat", batch)
+        ipt.apply(v, "nat", build)
 
 
 def ipt_check(s: Settings, network: str, cid: str, v: int) -> None:
