@@ -77,16 +77,37 @@ def test_galaxy_build_install_and_run(collection_copy, tmp_path, sandbox):
     assert r["detach"]["changed"] is True and r["ns gone"]["changed"] is True
 
 
-def test_ansible_test_sanity(collection_copy):
+# What `ansible-test sanity` checks, and where. Every test runs on the collection's Ansible content;
+# pylint and pep8 (Ansible's style: run_command instead of subprocess, module.log instead of print,
+# no `_` names, ...) run on what Ansible loads as plugins and on the Ansible tests, not on the engine
+# package module_utils/cni/, which is a standalone program (the CNI executables and the cnikit CLI)
+# that never imports ansible - except netstate.py, the engine side of the modules.
+CONTENT = ["plugins/", "roles/", "playbooks/", "meta/", "changelogs/", "examples/", "galaxy.yml",
+           "tests/ansible/", "tests/sanity/"]
+STYLED = ["plugins/modules/", "plugins/doc_fragments/", "plugins/connection/", "plugins/module_utils/ansible_cni.py",
+          "plugins/module_utils/cni/netstate.py", "roles/", "playbooks/", "examples/", "tests/ansible/", "tests/sanity/"]
+
+
+def _sanity(collection_copy, *args):
     os.makedirs(os.path.join(TEST_HOME, ".ansible", "test", "cache"), exist_ok=True)
     from ansible_test._internal.python_requirements import get_venv_packages  # noqa: PLC0415
     from ansible_test._internal.host_configs import NativePythonConfig  # noqa: PLC0415
 
-    pip_version = get_venv_packages(NativePythonConfig(version="3.13"))["pip"]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    pip_version = get_venv_packages(NativePythonConfig(version=python))["pip"]
     shutil.copy(PIP_BOOTSTRAP, os.path.join(TEST_HOME, ".ansible", "test", "cache",
                                             f"get_pip_{pip_version.replace('.', '_')}.py"))
-    res = _run([os.path.join(BIN, "ansible-test"), "sanity", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}",
-                "--local", "--color", "no"], collection_copy, {"HOME": TEST_HOME}, timeout=1500)
+    return _run([os.path.join(BIN, "ansible-test"), "sanity", "--python", python, "--local", "--color", "no", *args],
+                collection_copy, {"HOME": TEST_HOME}, timeout=1500)
+
+
+def test_ansible_test_sanity(collection_copy):
+    res = _sanity(collection_copy, "--skip-test", "pylint", "--skip-test", "pep8", *CONTENT)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+
+
+def test_ansible_test_sanity_style(collection_copy):
+    res = _sanity(collection_copy, "--test", "pylint", "--test", "pep8", *STYLED)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
 
 
