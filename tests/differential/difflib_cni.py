@@ -1,8 +1,8 @@
 """A small differential harness: the same config + env against the Go reference plugins and ours.
 
-Each side gets its own *world*: a "host" netns standing in for the node (the plugin runs there,
-via `ip netns exec`) and a container netns, plus its own data dir (ipam.dataDir is rewritten to
-it). After each step the harness compares the plugin outcome (rc, error code, result JSON) and the
+Each side gets its own *world*: a "host" netns standing in for the node (the plugin runs there:
+Go's binary via `ip netns exec`, ours in-process unless `inproc=False`) and a container netns, plus
+its own data dir (ipam.dataDir is rewritten to it). After each step the harness compares the plugin outcome (rc, error code, result JSON) and the
 kernel state (`ip -j -d link/addr/route` of both namespaces, sysctls asked for) and the data-dir
 tree, after normalising what is random by design: MACs, veth<8 hex> names, ifindexes, the IPv6
 link-local addresses derived from MACs, and the world's own names/paths.
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -30,7 +31,11 @@ LL_RE = re.compile(r"^fe80::[0-9a-f:]+$")
 # kernel bookkeeping that differs between two identical setups
 _DROP_KEYS = {"ifindex", "link_index", "link_netnsid", "stats64", "stats", "master_index", "peer_ifindex",
               "preferred_life_time", "valid_life_time", "altnames", "parentbus", "parentdev", "inet6_addr_gen_mode",
-              "addr_assign_type", "bcqueuelen", "usedbcqueuelen", "promiscuity"}
+              "addr_assign_type", "bcqueuelen", "usedbcqueuelen", "promiscuity",
+              # bridge ids embed the MAC; the timers tick
+              "bridge_id", "root_id", "designated_root", "designated_bridge", "hello_timer", "tcn_timer",
+              "topology_change_timer", "gc_timer", "hold_timer", "message_age_timer", "forward_delay_timer",
+              "designated_port", "port_id", "no", "topology_change_detected", "topology_change"}
 
 
 @dataclass
@@ -43,6 +48,7 @@ class World:
     cont: str
     datadir: str
     names: Dict[str, str] = field(default_factory=dict)  # text to replace when normalising
+    inproc: bool = False  # ours: call the engine in-process (see run)
 
     @property
     def cont_path(self) -> str:
@@ -63,7 +69,10 @@ class World:
 
     def run(self, plugin: str, command: str, conf: Any, netns: Optional[str] = None,
             env: Optional[Dict[str, Optional[str]]] = None, **kw: Any) -> cnitest.Outcome:
-        """Exec `plugin` in the world's host netns; `env` overrides variables (None = unset)."""
+        """Run `plugin` in the world's host netns; `env` overrides variables (None = unset).
+        Go's binary is exec'd (`ip netns exec`); ours runs in-process through the same skel as its
+        executable (the exec path is covered by the matrix and the integration tests), which keeps
+        the suite fast."""
         data = self.conf(conf) if isinstance(conf, dict) else conf
         full = cnitest.cni_env(command, netns=self.cont_path if netns is None else netns,
                                path=kw.pop("path", self.bindir), **kw)
@@ -75,6 +84,12 @@ class World:
         payload = data if isinstance(data, (bytes, str)) else json.dumps(data)
         if isinstance(payload, str):
             payload = payload.encode()
+        if self.inproc:
+            from cni import link, registry, skel  # noqa: PLC0415
+
+            with link.in_netns(f"/run/netns/{self.host}"):
+                rc, out, err = skel.execute(lambda: registry.load(plugin)(), full, payload)
+            return cnitest.Outcome(rc, out, err)
         argv = ["ip", "netns", "exec", self.host, os.path.join(self.bindir, plugin)]
         proc = subprocess.run(argv, input=payload, env=full, capture_output=True, timeout=60, check=False)
         return cnitest.Outcome(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
@@ -83,19 +98,37 @@ class World:
         out = self.sh(f"ip -j -d {what}", ns=ns)
         return json.loads(out) if out.strip() else []
 
-    def state(self, sysctls: Tuple[str, ...] = ()) -> Dict[str, Any]:
-        """Kernel state of both namespaces plus the data-dir tree, normalised."""
-        st: Dict[str, Any] = {}
-        for role, ns in (("host", self.host), ("cont", self.cont)):
-            st[role] = {"link": self.ip("link show", ns), "addr": self.ip("addr show", ns),
-                        "route": self.ip("route show table all", ns)}
-            st[role]["sysctl"] = {k: self.sh(f"sysctl -n {k} 2>/dev/null || echo absent", ns=ns).strip()
-                                  for k in sysctls}
-        st["data"] = tree(self.datadir)
+    def capture(self, ns: str, sysctls: Tuple[str, ...]) -> Dict[str, Any]:
+        """links, addresses, routes (all tables) and `sysctls` of `ns`, in one shell; retried while
+        an IPv6 address is still in DAD so that both sides are compared in the same state."""
+        sep = "@@SEP@@"
+        script = "; ".join(f"ip -n {ns} -j -d {what}; echo {sep}" for what in ("link show", "addr show",
+                                                                               "route show table all"))
+        script += "; " + "; ".join(f"ip netns exec {ns} sysctl -n {k} 2>/dev/null || echo absent" for k in sysctls)
+        deadline = time.monotonic() + 5
+        while True:
+            link_s, addr_s, route_s, rest = cnitest.sh(script).split(sep + "\n")
+            addrs = json.loads(addr_s or "[]")
+            tentative = any(a.get("tentative") for i in addrs for a in i.get("addr_info", []))
+            if not tentative or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return {"link": json.loads(link_s or "[]"), "addr": addrs, "route": json.loads(route_s or "[]"),
+                "sysctl": dict(zip(sysctls, rest.split()))}
+
+    def state(self, sysctls: Tuple[str, ...] = (), nat: bool = False) -> Dict[str, Any]:
+        """Kernel state of both namespaces plus the data-dir tree, normalised; with `nat`, the
+        host's `iptables-save -t nat` rules too (Go-compatible chain names are deterministic)."""
+        st: Dict[str, Any] = {"host": self.capture(self.host, sysctls), "cont": self.capture(self.cont, sysctls),
+                              "data": tree(self.datadir)}
+        if nat:
+            st["nat"] = sorted(ln for ln in self.sh("iptables-save -t nat; ip6tables-save -t nat").splitlines()
+                               if ln.startswith("-"))
         return self.normalise(st)
 
     def normalise(self, obj: Any) -> Any:
         return normalise(obj, self.names)
+
 
 
 def shq(text: str) -> str:
@@ -131,14 +164,15 @@ def normalise(obj: Any, names: Dict[str, str]) -> Any:
     return obj
 
 
-def make_worlds(netns_factory: Callable[[str], str], tmp_path: Any, setup: str = "") -> Tuple[World, World]:
+def make_worlds(netns_factory: Callable[[str], str], tmp_path: Any, setup: str = "",
+                inproc: bool = True) -> Tuple[World, World]:
     """Two identical worlds (Go, ours); `setup` is a shell script run in each host netns first."""
     worlds = []
     for label, bindir in (("go", cnitest.GO_BIN), ("ours", cnitest.OUR_BIN)):
         host, cont = netns_factory(f"h{label[0]}"), netns_factory(f"c{label[0]}")
         datadir = str(tmp_path / f"data-{label}")
         os.makedirs(datadir, exist_ok=True)
-        w = World(label, bindir, host, cont, datadir,
+        w = World(label, bindir, host, cont, datadir, inproc=label == "ours" and inproc,
                   names={f"/run/netns/{cont}": "<cont>", datadir: "<data>", cont: "<contns>", host: "<hostns>"})
         if setup:
             w.sh(setup)
@@ -173,8 +207,8 @@ def assert_same(st: Step, msg: bool = False) -> None:
     assert g == o, f"results differ\ngo:   {json.dumps(g)}\nours: {json.dumps(o)}"
 
 
-def assert_same_state(go: World, ours: World, sysctls: Tuple[str, ...] = ()) -> None:
-    g, o = go.state(sysctls), ours.state(sysctls)
+def assert_same_state(go: World, ours: World, sysctls: Tuple[str, ...] = (), nat: bool = False) -> None:
+    g, o = go.state(sysctls, nat), ours.state(sysctls, nat)
     assert g == o, "state differs (- go, + ours):\n" + "\n".join(difflib.unified_diff(
         json.dumps(g, indent=1, sort_keys=True).splitlines(), json.dumps(o, indent=1, sort_keys=True).splitlines(),
         lineterm="", n=2))
@@ -188,25 +222,25 @@ def with_prev(conf: Dict[str, Any], outcome: cnitest.Outcome) -> Dict[str, Any]:
 
 
 def lifecycle(go: World, ours: World, plugin: str, conf: Dict[str, Any], sysctls: Tuple[str, ...] = (),
-              **kw: Any) -> Step:
+              nat: bool = False, check: bool = True, dels: int = 2, **kw: Any) -> Step:
     """ADD, compare; CHECK, compare; DEL, compare (state back to the start); DEL again."""
-    before = (go.state(sysctls), ours.state(sysctls))
+    before = ours.state(sysctls)
     add = step(go, ours, plugin, "ADD", conf, **kw)
     assert_same(add, msg=True)
-    assert_same_state(go, ours, sysctls)
+    assert_same_state(go, ours, sysctls, nat)
     if add.go.rc:
         return add
     version = conf.get("cniVersion", "0.1.0")
-    if version in ("0.4.0", "1.0.0"):
+    if check and version in ("0.4.0", "1.0.0"):
         chk = Step(go.run(plugin, "CHECK", with_prev(conf, add.go), **kw),
                    ours.run(plugin, "CHECK", with_prev(conf, add.ours), **kw), go, ours)
         assert_same(chk, msg=True)
-    for _ in range(2):
+    for _ in range(dels):
         dele = Step(go.run(plugin, "DEL", with_prev(conf, add.go), **kw),
                     ours.run(plugin, "DEL", with_prev(conf, add.ours), **kw), go, ours)
         assert_same(dele, msg=True)
-    names = [[link["ifname"] for link in st["cont"]["link"]] for st in (before[1], ours.state(sysctls))]
+    names = [[link["ifname"] for link in st["cont"]["link"]] for st in (before, ours.state(sysctls))]
     assert names[0] == names[1], "DEL left links behind in the container"
-    assert_same_state(go, ours, sysctls)
+    assert_same_state(go, ours, sysctls, nat)
     return add
 

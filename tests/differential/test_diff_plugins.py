@@ -66,20 +66,28 @@ MATRIX = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(MATRIX))
-def test_validation_matrix(worlds, case):
-    """Every input error gives Go's exit code and error code; nothing is created."""
-    env_over, stdin = MATRIX[case]
-    go, ours = worlds
-    g, o = (w.run("macvlan", "ADD", stdin, env=env_over) for w in (go, ours))
-    assert g.rc == 1 and o.rc == 1, (g, o)
-    if case == "args-malformed":
-        # deliberate (skel): a malformed CNI_ARGS is an env error (4); Go's plugin parses it late (999)
-        assert (g.code, o.code) == (999, 4)
-    else:
-        assert o.code == g.code, f"go: {g.stdout} ours: {o.stdout}"
-    assert "Traceback" not in o.stdout
-    assert_same_state(go, ours)
+def test_validation_matrix(netns_factory, tmp_path):
+    """Every input error gives Go's exit code and error code through the real executables, and
+    nothing is created. One pair of worlds for all cases (each case fails before creating)."""
+    go, ours = make_worlds(netns_factory, tmp_path, setup=MASTER, inproc=False)
+    before = ours.state()
+    mismatches = []
+    for case in sorted(MATRIX):
+        env_over, stdin = MATRIX[case]
+        g, o = (w.run("macvlan", "ADD", stdin, env=env_over) for w in (go, ours))
+        if g.rc != 1 or o.rc != 1 or "Traceback" in o.stdout:
+            mismatches.append((case, g.stdout, o.stdout + o.stderr))
+        elif case == "args-malformed":
+            # deliberate (skel): a malformed CNI_ARGS is an env error (4); Go's plugin parses it late (999)
+            if (g.code, o.code) != (999, 4):
+                mismatches.append((case, g.stdout, o.stdout))
+        elif o.code != g.code:
+            mismatches.append((case, g.stdout, o.stdout))
+    assert not mismatches, mismatches
+    # ours created nothing; Go's macvlan leaves its link when IPAM fails ("mac-args-no-ignore":
+    # the deferred cleanup tests a shadowed `err`), so Go's state is not the reference here
+    after = ours.state()
+    assert after["cont"] == before["cont"] and after["data"] == before["data"]
 
 
 def test_version_and_about():
@@ -94,17 +102,18 @@ def test_version_and_about():
 
 # --- result formatting per version ------------------------------------------------------------
 
-@pytest.mark.parametrize("version", [None, "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"])
+@pytest.mark.parametrize("version", [None, "0.3.1", "0.4.0", "1.0.0"])
 def test_result_per_version(worlds, version):
     go, ours = worlds
     conf = mv_conf(version)
-    conf["ipam"]["ranges"] = [[{"subnet": "fd00:5::/64"}]]
-    conf["ipam"]["routes"].append({"dst": "::/0"})
+    if version == "1.0.0":  # dual-stack once (IPv6 DAD costs seconds per ADD)
+        conf["ipam"]["ranges"] = [[{"subnet": "fd00:5::/64"}]]
+        conf["ipam"]["routes"].append({"dst": "::/0"})
     conf["dns"] = {"nameservers": ["10.5.0.53"], "search": ["cluster.local"]}
     add = lifecycle(go, ours, "macvlan", conf)
-    if version in (None, "0.2.0"):
-        conf_v = version or "0.1.0"
-        assert set(add.ours.json) == {"cniVersion", "ip4", "ip6", "dns"} and add.ours.json["cniVersion"] == conf_v
+    if version is None:
+        conf_v = "0.1.0"
+        assert set(add.ours.json) == {"cniVersion", "ip4", "dns"} and add.ours.json["cniVersion"] == conf_v
     else:
         assert add.ours.json["ips"][0]["interface"] == 0
         assert ("version" in add.ours.json["ips"][0]) == (version != "1.0.0")
@@ -119,12 +128,13 @@ def test_result_with_ipv6_only(worlds):
 
 # --- macvlan options ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthru", ""])
-def test_macvlan_modes(worlds, mode):
+def test_macvlan_modes(worlds):
+    """Each mode (and the default) through a whole lifecycle, one after the other in one world pair."""
     go, ours = worlds
-    lifecycle(go, ours, "macvlan", mv_conf(mode=mode or None), sysctls=("net.ipv4.conf.eth0.arp_notify",))
-    link = ours.ip("link show", ours.cont)
-    assert [l["ifname"] for l in link] == ["lo"]
+    for mode in ("bridge", "private", "vepa", "passthru", None):
+        add = lifecycle(go, ours, "macvlan", mv_conf(mode=mode), sysctls=("net.ipv4.conf.eth0.arp_notify",))
+        assert add.ours.rc == 0
+        assert [l["ifname"] for l in ours.ip("link show", ours.cont)] == ["lo"]
 
 
 def test_macvlan_mtu_and_l2_only(worlds):
@@ -144,7 +154,7 @@ def test_macvlan_mac_sources(worlds, source):
     """MAC precedence CNI_ARGS < mac < runtimeConfig.mac. (A bare `MAC=` without IgnoreUnknown
     fails in both, in host-local, which gets the same CNI_ARGS: see the validation matrix.)"""
     go, ours = worlds
-    conf, args = mv_conf(), ""
+    conf, args = mv_conf(ipam={}), ""
     if source == "cni_args":
         args = "IgnoreUnknown=1;MAC=02:00:00:00:00:11"
     elif source == "conf":
@@ -241,6 +251,7 @@ def test_macvlan_del_without_netns(worlds, netns):
 
 @pytest.mark.parametrize("version", ["0.2.0", "0.3.1", "1.0.0"])
 def test_loopback(worlds, version):
+    """Loopback ADD/CHECK/DEL/DEL/CHECK (lo down after DEL: CHECK fails in both)."""
     go, ours = worlds
     conf = {"cniVersion": version, "name": "lo", "type": "loopback"}
     add = step(go, ours, "loopback", "ADD", conf)
