@@ -35,7 +35,10 @@ _DROP_KEYS = {"ifindex", "link_index", "link_netnsid", "stats64", "stats", "mast
               # bridge ids embed the MAC; the timers tick
               "bridge_id", "root_id", "designated_root", "designated_bridge", "hello_timer", "tcn_timer",
               "topology_change_timer", "gc_timer", "hold_timer", "message_age_timer", "forward_delay_timer",
-              "designated_port", "port_id", "no", "topology_change_detected", "topology_change"}
+              "designated_port", "port_id", "no", "topology_change_detected", "topology_change",
+              # carrier of an emptied bridge drops asynchronously (linkwatch), whoever is compared first
+              "operstate"}
+_DROP_WORDS = {"NO-CARRIER", "linkdown"}
 
 
 @dataclass
@@ -152,8 +155,8 @@ def normalise(obj: Any, names: Dict[str, str]) -> Any:
         return {k: normalise(v, names) for k, v in obj.items() if k not in _DROP_KEYS}
     if isinstance(obj, list):
         # MAC-derived fe80:: addresses (and their DAD state) differ between any two links
-        return [normalise(v, names) for v in obj
-                if not (isinstance(v, dict) and (v.get("family") == "inet6" and v.get("scope") == "link"
+        return [normalise(v, names) for v in obj if not (isinstance(v, str) and v in _DROP_WORDS) and
+                not (isinstance(v, dict) and (v.get("family") == "inet6" and v.get("scope") == "link"
                                                  or LL_RE.match(str(v.get("dst", "")))))]
     if isinstance(obj, str):
         if MAC_RE.match(obj.lower()) and obj.lower() not in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"):

@@ -17,6 +17,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cnitest  # noqa: E402
@@ -47,8 +49,9 @@ def tree(root):
 class Differ:
     """Runs steps on Go and on ours and asserts they stay indistinguishable."""
 
-    def __init__(self, tmp_path, plugin="host-local"):
+    def __init__(self, tmp_path, plugin="host-local", inproc=False):
         self.plugin = plugin
+        self.inproc = inproc  # ours through skel.execute in this process (same code, no exec)
         self.dirs = {"go": str(tmp_path / "go"), "py": str(tmp_path / "py")}
         for d in self.dirs.values():
             os.makedirs(d)
@@ -69,8 +72,10 @@ class Differ:
     def step(self, command, conf, cid="c1", ifname="eth0", args=""):
         out = {}
         for flavour in ("go", "py"):
-            out[flavour] = cnitest.run(self.plugin, command, self._conf(conf, flavour), go=flavour == "go",
-                                       cid=cid, ifname=ifname, netns="/var/run/netns/x", args=args)
+            call = cnitest.inproc if flavour == "py" and self.inproc else cnitest.run
+            kw = {} if call is cnitest.inproc else {"go": flavour == "go"}
+            out[flavour] = call(self.plugin, command, self._conf(conf, flavour), cid=cid, ifname=ifname,
+                                netns="/var/run/netns/x", args=args, **kw)
         go, py = out["go"], out["py"]
         where = f"{command} cid={cid} ifname={ifname} args={args!r}\n go: {go}\n py: {py}"
         assert go.rc == py.rc, where
@@ -281,6 +286,22 @@ def test_resolv_conf(diff, tmp_path):
     diff.step("ADD", c)
     c["ipam"]["resolvConf"] = str(tmp_path / "missing.conf")
     diff.step("ADD", c, cid="b")
+
+
+_OPS = st.tuples(st.sampled_from(["ADD", "ADD", "ADD", "DEL", "CHECK"]), st.sampled_from(["a", "b", "c", "d"]),
+                 st.sampled_from(["eth0", "eth1"]), st.sampled_from(["", "", "", "IP=10.10.0.4", "IP=fd00::5"]))
+
+
+@settings(max_examples=int(os.environ.get('IPAM_EXAMPLES', '25')), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_OPS, min_size=1, max_size=14))
+def test_random_sequences_match_go(tmp_path_factory, ops):
+    """Random ADD/DEL/CHECK sequences (requested IPs included) on a tiny dual-stack network that
+    exhausts and wraps: result, error and the whole store stay identical to Go's at every step.
+    IPAM_EXAMPLES=400 runs a deeper search (~1 min)."""
+    diff = Differ(tmp_path_factory.mktemp("seq"), inproc=True)
+    c = hl_conf([[{"subnet": "10.10.0.0/29", "rangeStart": "10.10.0.3"}], [{"subnet": "fd00::/125"}]])
+    for command, cid, ifname, args in ops:
+        diff.step(command, c, cid=cid, ifname=ifname, args=args)
 
 
 # --- static ---------------------------------------------------------------------------------

@@ -117,7 +117,12 @@ def test_bridge_errors(worlds, case):
     assert [l["ifname"] for l in after["cont"]["link"]] == [l["ifname"] for l in before["cont"]["link"]]
     assert [l["ifname"] for l in after["host"]["link"] if "<veth>" in l["ifname"]] == \
         [l["ifname"] for l in before["host"]["link"] if "<veth>" in l["ifname"]]
-    assert after["data"] == before["data"]
+    assert leases(after["data"]) == leases(before["data"])
+
+
+def leases(store):
+    """The reservation files of a host-local store tree (not lock / last_reserved_ip.N)."""
+    return sorted(k for k in store if os.path.basename(k)[0].isdigit() or ":" in os.path.basename(k))
 
 
 def test_bridge_force_address(worlds):
@@ -129,7 +134,7 @@ def test_bridge_force_address(worlds):
     # Go leaves its veth and lease behind (plugins#29) until the runtime's DEL; ours left nothing
     after = ours.state()
     assert [x["ifname"] for x in after["cont"]["link"]] == [x["ifname"] for x in before["cont"]["link"]]
-    assert after["data"] == before["data"]
+    assert leases(after["data"]) == leases(before["data"]) == []
     assert_same(step(go, ours, "bridge", "DEL", br_conf(isGateway=True)))
     add = step(go, ours, "bridge", "ADD", br_conf(isGateway=True, forceAddress=True))
     assert_same(add)
