@@ -292,7 +292,8 @@ _OPS = st.tuples(st.sampled_from(["ADD", "ADD", "ADD", "DEL", "CHECK"]), st.samp
                  st.sampled_from(["eth0", "eth1"]), st.sampled_from(["", "", "", "IP=10.10.0.4", "IP=fd00::5"]))
 
 
-@settings(max_examples=int(os.environ.get('IPAM_EXAMPLES', '25')), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("IPAM_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(_OPS, min_size=1, max_size=14))
 def test_random_sequences_match_go(tmp_path_factory, ops):
     """Random ADD/DEL/CHECK sequences (requested IPs included) on a tiny dual-stack network that
