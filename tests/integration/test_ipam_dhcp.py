@@ -89,6 +89,11 @@ def test_unserved_link_times_out_cleanly(lab):
     assert not os.path.exists("/run/cni/dhcp/dnet/pc:eth1.json")
 
 
+def test_bad_timeout_is_a_config_error(lab):
+    out = run(lab, "ADD", conf(timeout="soon"))
+    assert (out.rc, out.code) == (1, 7)
+
+
 def test_missing_interface_and_netns_are_errors_on_add(lab):
     out = run(lab, "ADD", conf(), ifname="nope0")
     assert (out.rc, out.code) == (1, 999) and "nope0" in out.json["msg"]

@@ -364,7 +364,10 @@ class Dhcp(Plugin):
 
     def add(self, ctx: skel.Context, conf: Dict[str, Any]) -> Dict[str, Any]:
         request, provide = prepare_options(conf, ctx.environ.get("CNI_ARGS", ""))
-        timeout = float((conf.get("ipam") or {}).get("timeout", 10))
+        timeout = (conf.get("ipam") or {}).get("timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise CNIError(spec.ERR_INVALID_CONFIG, "ipam.timeout must be a positive number of seconds",
+                           repr(timeout))
         path = lease_path(conf["name"], ctx.container_id, ctx.ifname)
         with link.in_netns(ctx.netns):
             set_link_state(ctx.ifname, up=True, wait_carrier=True)  # Go's daemon sets it up too
