@@ -364,9 +364,9 @@ def test_static_check_missing_address_is_stricter_than_go(tmp_path):
 
 # --- sharing one data dir with the Go plugin ------------------------------------------------
 
-def _popen(go, conf, cid):
+def _popen(go, conf, cid, command="ADD"):
     bindir = cnitest.GO_BIN if go else cnitest.OUR_BIN
-    env = cnitest.cni_env("ADD", cid=cid, netns="/x", path=bindir)
+    env = cnitest.cni_env(command, cid=cid, netns="/x", path=bindir)
     proc = subprocess.Popen([os.path.join(bindir, "host-local")], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(json.dumps(conf).encode())
@@ -391,6 +391,10 @@ def test_lock_interop_50_parallel_adds_half_go_half_ours(tmp_path):
     assert sorted(got.values(), key=ipaddress.ip_address) == [f"10.50.0.{i}" for i in range(2, 52)]
     assert (d / "last_reserved_ip.0").read_bytes() == b"10.50.0.51"
     assert not [f for f in os.listdir(d) if "tmp" in f]
+    # and 50 parallel DELs, each lease released by the other implementation
+    dels = [_popen(i % 2 == 1, conf, f"ctr{i}", "DEL") for i in range(50)]
+    assert [p.wait(60) for p in dels] == [0] * 50
+    assert sorted(os.listdir(d)) == ["last_reserved_ip.0", "lock"]
 
 
 def test_both_wait_on_the_same_flock(tmp_path):
