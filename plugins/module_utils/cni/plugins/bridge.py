@@ -239,18 +239,24 @@ def attach_veth(ipr: Any, br: link.Iface, netns: Optional[str], ifname: str, mtu
     finally:
         os.close(host_fd)
     try:
-        link.set_link(ipr, host["index"], master=br["index"])
-    except Exception as exc:  # noqa: BLE001
-        raise link.fail(f"failed to connect {link.json_quote(host['name'])} to bridge {br['name']}", exc) from None
-    try:
-        ipr.brport("set", index=host["index"], mode=1 if hairpin else 0)
-    except Exception as exc:  # noqa: BLE001
-        raise link.fail(f"failed to setup hairpin mode for {host['name']}", exc) from None
-    if vlan:
         try:
-            ipr.vlan_filter("add", index=host["index"], vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+            link.set_link(ipr, host["index"], master=br["index"])
         except Exception as exc:  # noqa: BLE001
-            raise link.fail(f"failed to setup vlan tag on interface {link.json_quote(host['name'])}", exc) from None
+            raise link.fail(f"failed to connect {link.json_quote(host['name'])} to bridge {br['name']}",
+                            exc) from None
+        try:
+            ipr.brport("set", index=host["index"], mode=1 if hairpin else 0)
+        except Exception as exc:  # noqa: BLE001
+            raise link.fail(f"failed to setup hairpin mode for {host['name']}", exc) from None
+        if vlan:
+            try:
+                ipr.vlan_filter("add", index=host["index"], vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+            except Exception as exc:  # noqa: BLE001
+                raise link.fail(f"failed to setup vlan tag on interface {link.json_quote(host['name'])}",
+                                exc) from None
+    except CNIError:
+        ipr.link("del", index=host["index"])  # takes the container end with it
+        raise
     return host, cont
 
 
