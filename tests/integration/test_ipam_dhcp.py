@@ -187,3 +187,16 @@ def test_prepare_options_like_go():
     assert req == [1]
     with pytest.raises(dhcp.CNIError, match="Can not parse option"):
         dhcp.prepare_options({"ipam": {"request": [{"option": "nope"}]}}, "")
+
+
+def test_failed_add_after_the_ack_gives_the_lease_back(lab):
+    lab.start()
+    sh("mkdir -p /run/cni/dhcp && mount -t tmpfs -o ro tmpfs /run/cni/dhcp")  # the record cannot be written
+    try:
+        out = run(lab, "ADD", conf(), cid="pz")
+    finally:
+        sh("umount /run/cni/dhcp")
+    assert (out.rc, out.code) == (1, 999) and "failed to record DHCP lease" in out.json["msg"]
+    assert lab.wait_released() == {}
+    log = open(os.path.join(lab.tmp, "dnsmasq.log")).read()
+    assert "DHCPACK(br0)" in log and "DHCPRELEASE(br0)" in log  # it had the lease, and gave it back

@@ -39,7 +39,7 @@ IFF_RUNNING = 0x40
 CARRIER_WAIT = 1.0
 MAGIC = b"\x63\x82\x53\x63"
 CLIENT_PORT, SERVER_PORT = 68, 67
-DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE = 1, 2, 3, 4, 5, 6, 7
+DISCOVER, OFFER, REQUEST, ACK, NAK, RELEASE = 1, 2, 3, 5, 6, 7
 OPT_MASK, OPT_ROUTER, OPT_STATIC_ROUTES, OPT_REQUESTED_IP, OPT_LEASE_TIME = 1, 3, 33, 50, 51
 OPT_MSG_TYPE, OPT_SERVER_ID, OPT_PARAMS, OPT_CLIENT_ID, OPT_CLASSLESS = 53, 54, 55, 61, 121
 OPT_RENEWAL_TIME, OPT_REBINDING_TIME = 58, 59
@@ -374,13 +374,14 @@ class Dhcp(Plugin):
             client = Client(ctx.ifname, client_id(ctx.container_id, conf["name"], ctx.ifname))
         try:
             yiaddr, opts, server_mac = client.acquire(request, provide, timeout)
-            result = lease_result(yiaddr, opts)
-            record = lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time())
-            try:
-                write_lease(path, record)
-            except OSError as exc:
+            try:  # from here on the server holds a lease for us: a failed ADD gives it back
+                result = lease_result(yiaddr, opts)
+                write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time()))
+            except BaseException as exc:
                 client.release(yiaddr, opts.get(OPT_SERVER_ID, b"\0" * 4), server_mac)
-                raise CNIError(ERR, f"failed to record DHCP lease: {link.errstr(exc)}") from None
+                if isinstance(exc, OSError):
+                    raise CNIError(ERR, f"failed to record DHCP lease: {link.errstr(exc)}") from None
+                raise
         finally:
             client.close()
         return result
