@@ -4,7 +4,6 @@ socket and decoded — and for failing cleanly here (error JSON, nothing left be
 link kinds is exercised live on this kernel (see docs/plugins.md)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -64,16 +63,17 @@ def linkinfo(msg):
     return info.get_attr("IFLA_INFO_KIND"), info.get_attr("IFLA_INFO_DATA")
 
 
+def leases(world):
+    """Reservation files anywhere in the world's host-local store."""
+    return [f for _d, _s, files in os.walk(world["data"]) for f in files if f[0].isdigit()]
+
+
 def assert_clean_failure(out, world, want_msg):
+    """An error JSON (no traceback), and neither a link in the container nor a lease left."""
     assert out.rc == 1 and "Traceback" not in out.stdout, out.stdout + out.stderr
     assert out.json["code"] == 999 and out.json["msg"] == want_msg
     assert [l["ifname"] for l in cnitest.ip_json("link show", world["netns"])] == ["lo"]
-    leases = os.listdir(os.path.join(world["data"], out_net(out))) if os.path.isdir(world["data"]) else []
-    assert not [f for f in leases if f[0].isdigit()], leases
-
-
-def out_net(_out):
-    return ""
+    assert leases(world) == []
 
 
 @pytest.mark.parametrize("mode,code", [("l2", 0), ("l3", 1), ("l3s", 2), ("", 0)])
@@ -195,4 +195,4 @@ def test_bridge_vlan_port_request(captured, world, monkeypatch):
     info = spec.get_attr("IFLA_BRIDGE_VLAN_INFO")
     assert info["vid"] == 42 and info["flags"] & 0x6 == 0x6  # PVID | UNTAGGED
     assert [l["ifname"] for l in cnitest.ip_json("link show", world["netns"])] == ["lo"]
-    assert not [f for f in os.listdir(os.path.join(world["data"], "bridgenet")) if f[0].isdigit()]
+    assert leases(world) == [] and not [l for l in cnitest.ip_json("link show") if l["ifname"].startswith("veth")]
