@@ -20,8 +20,8 @@ import relutil
 from cni import registry, skel, spec
 
 # Figures for docs/reliability.md; each test asserts it really ran this many examples.
-N_SKEL = 4000
-N_PLUGIN = 600  # per plugin
+N_SKEL = 3000
+N_PLUGIN = 420  # per plugin (17 plugins: 7,140)
 N_EXEC = 10  # per plugin
 
 SETTINGS = dict(deadline=None, database=None, derandomize=False, print_blob=True,
@@ -60,8 +60,8 @@ def raw_stdin():
     """Bytes that are not a JSON object: garbage, deep nesting, huge numbers, bad UTF-8."""
     return st.one_of(
         st.binary(max_size=64),
-        st.integers(min_value=1, max_value=200_000).map(lambda n: b"[" * n + b"]" * n),
-        st.integers(min_value=1, max_value=50_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+        st.integers(min_value=1, max_value=20_000).map(lambda n: b"[" * n + b"]" * n),
+        st.integers(min_value=1, max_value=20_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
         st.just(b'{"cniVersion": "1.0.0", "name": "n", "x": ' + b"9" * 5000 + b"}"),
         st.just(b'{"cniVersion": "1.0.0", "name": "n\xff\xfe"}'),
         st.just(b'{"cniVersion": "1.0.0", "name": "net1", "type": "x"}\0'),
