@@ -202,6 +202,8 @@ def test_fuzz_plugin_in_process(fuzz_area, ptype):
     leaked = [l for l in set(relutil.link_names()) - set(links_before)
               if cnitest.ip_json(f"-d link show dev {l}")[0].get("linkinfo", {}).get("info_kind") != "bridge"]
     assert leaked == []
+    rules = relutil.nft_ruleset() + cnitest.sh("iptables-save")
+    assert "10.99.0." not in rules, "a rule for a fuzzed container outlived its DEL"
 
 
 @pytest.mark.parametrize("ptype", relutil.importable_plugins())
