@@ -362,3 +362,17 @@ def test_in_process_callers_cannot_forge_lease_content(tmp_path, cid, ifname):
         hl.HostLocal().add(ctx, conf(tmp_path, [[{"subnet": "10.0.0.0/24"}]]))
     assert err.value.code in (3, 4)
     assert not os.path.exists(tmp_path / "net1")
+
+
+def test_store_falls_back_to_o_excl_without_hard_links(tmp_path, monkeypatch):
+    import errno  # noqa: PLC0415
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    c = conf(tmp_path, [[{"subnet": "10.0.0.0/29"}]])
+    assert add(c).json["ips"][0]["address"] == "10.0.0.2/29"
+    assert add(c, cid="c2").json["ips"][0]["address"] == "10.0.0.3/29"
+    assert files(tmp_path) == {"10.0.0.2": b"c1\r\neth0", "10.0.0.3": b"c2\r\neth0", "last_reserved_ip.0": b"10.0.0.3"}
+    assert not [f for f in os.listdir(tmp_path / "net1") if "tmp" in f]

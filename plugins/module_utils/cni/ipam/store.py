@@ -12,6 +12,7 @@ link()/rename() it, so a reader (or a crash) never sees a half-written lease.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import os
@@ -25,6 +26,7 @@ LAST_IP_PREFIX = "last_reserved_ip."
 LINE_BREAK = "\r\n"
 # A lease is "<cid>\r\n<ifname>": cid and ifname are short, so anything longer is not a lease.
 MAX_LEASE_BYTES = 4096
+NO_HARDLINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -103,6 +105,8 @@ class Store:
     def _write_new(self, name: str, data: bytes, replace: bool) -> bool:
         """Write `name` atomically with mode 0644 (minus umask): False if it exists and not `replace`."""
         final = os.path.join(self.dir, name)
+        if not replace and os.path.lexists(final):
+            return False  # the common case while skipping taken addresses: no temp file for it
         tmp = os.path.join(self.dir, f".{name}.tmp{os.getpid()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
@@ -117,6 +121,10 @@ class Store:
                 os.link(tmp, final)  # atomic O_EXCL create, with the content already in place
             except FileExistsError:
                 return False
+            except OSError as exc:
+                if exc.errno not in NO_HARDLINKS:
+                    raise
+                return self._create_excl(final, data)
             finally:
                 os.unlink(tmp)
             return True
@@ -124,6 +132,22 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _os_error("open", final, exc) from None
+
+    @staticmethod
+    def _create_excl(path: str, data: bytes) -> bool:
+        """Go's way, for filesystems without hard links: O_EXCL create, then write."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+        except OSError:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        return True
 
     def reserve(self, container_id: str, ifname: str, ip: IPAddr, range_id: int) -> bool:
         """Go `Store.Reserve`: create the lease if free, then record it as last reserved."""
