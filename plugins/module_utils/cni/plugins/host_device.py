@@ -5,9 +5,9 @@ or runtimeConfig.deviceID (a PCI address; wins over pciBusID). The device keeps 
 as ifalias and is renamed to CNI_IFNAME; DEL renames it back and returns it to the host.
 PCI devices bound to a userspace driver (vfio-pci, uio_pci_generic, igb_uio) are not moved.
 
-Deliberate differences from Go 1.1.1: the move and the rename are one netlink request (a name
-clash in the container leaves the device on the host instead of stranded in the container); a failed
-ADD moves the device back; DEL releases IPAM even without CNI_NETNS (plugins#1196) and succeeds
+Deliberate differences from Go 1.1.1: an existing CNI_IFNAME in the container is refused before
+the move (Go moves first and strands the device there when the rename fails); a failed ADD moves
+the device back; DEL releases IPAM even without CNI_NETNS (plugins#1196) and succeeds
 when the netns or the device is already gone (Go fails, so a second DEL errors).
 """
 from __future__ import annotations
@@ -107,8 +107,13 @@ class HostDevice(Plugin):
             if not n["dpdk"]:
                 with link.iproute() as ipr:
                     dev = find_device(ipr, n)
+                    with link.in_netns(ctx.netns):
+                        with link.iproute() as cipr:
+                            # refused up front: a rename failing after the move would strand the device
+                            if link.get_link(cipr, ctx.ifname) is not None:
+                                raise link.fail(f"failed to move link: {link.json_quote(ctx.ifname)} already "
+                                                "exists in the container")
                     try:
-                        # move + rename in one request: no clash with a same-named link in the container
                         link.move_link(ipr, dev["index"], fd, ctx.ifname)
                     except Exception as exc:  # noqa: BLE001
                         raise link.fail("failed to move link", exc) from None
