@@ -391,6 +391,12 @@ class HostLocal(Plugin):
     def delete(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
         ipam = load_config(conf, ctx)
         store = Store(ipam.name, ipam.data_dir)
+        if not os.path.isdir(store.dir):
+            try:
+                store.open()  # created like Go does (the tree stays identical to Go's) ...
+                store.close()
+            except CNIError:
+                return  # ... but where it cannot exist nothing is leased: DEL succeeds (Go fails)
         with store.locked():
             for _ in ipam.ranges:  # Go releases once per range set (the 2nd pass hits legacy files)
                 store.release_by_id(ctx.container_id, ctx.ifname)
