@@ -1,4 +1,5 @@
-"""Point the CNI launchers at one installed engine version and prune the other versions.
+"""Point the CNI launchers at one installed engine version, prune the other versions, and check
+that every executable in the directory answers VERSION.
 
 Run on the node by the executables' interpreter:
     activate.py LIBDIR PYTHON DEST NAMES EXCLUDE [--check]
@@ -6,12 +7,13 @@ LIBDIR is <lib dir>/<digest> holding the `cni` package; NAMES and EXCLUDE are co
 ("" NAMES = every plugin the engine registers; EXCLUDE = names left to the Go plugins). The
 launchers are written by the engine's own write_executables, and only when one differs from
 what it would write. Prints
-{"stale": [...], "pruned": [...]} - what was (or in check mode would be) changed - so the role
-reports changed exactly then.
+{"stale": [...], "pruned": [...], "not_answering_version": [...]} - what was (or in check mode
+would be) changed, so the role reports changed exactly then - and exits 1 if any executable is silent.
 """
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -42,4 +44,19 @@ pruned = sorted(os.path.join(top, d) for d in os.listdir(top) if d != mine and o
 if not check:
     for path in pruned:
         shutil.rmtree(path)
-print(json.dumps({"stale": stale, "pruned": pruned}))
+# every executable in the directory (ours and any Go ones) must speak the CNI protocol
+silent = []
+for name in sorted(os.listdir(dest)) if os.path.isdir(dest) else []:
+    path = os.path.join(dest, name)
+    if name == "cnikit" or not os.access(path, os.X_OK) or os.path.isdir(path):
+        continue
+    try:
+        proc = subprocess.run([path], env={"CNI_COMMAND": "VERSION", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+        ok = proc.returncode == 0 and "supportedVersions" in json.loads(proc.stdout or b"{}")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        silent.append(path)
+print(json.dumps({"stale": stale, "pruned": pruned, "not_answering_version": silent}))
+sys.exit(1 if silent else 0)
