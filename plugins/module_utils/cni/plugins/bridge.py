@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import ipam, link, netfilter, skel, spec
+from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
 from . import Conf, Plugin, Result, conf_field, prev_result
 
@@ -85,6 +85,7 @@ class Bridge(Plugin):
                 host: link.Iface, result: Result, done: Dict[str, bool]) -> None:
         got = ipam.delegate("ADD", ctx, conf)
         done["ipam"] = True
+        faults.point("bridge.after_ipam_add")  # crash-safety tests (faults.py)
         result["ips"], result["routes"] = got["ips"], got["routes"]
         if not result["ips"]:
             raise link.fail("IPAM plugin returned missing IP config")
@@ -114,6 +115,7 @@ class Bridge(Plugin):
             netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
                                    n["backend"])
             done["masq"] = True
+            faults.point("bridge.after_masq")
 
     def _undo(self, ctx: skel.Context, conf: Conf, n: Dict[str, Any], done: Dict[str, bool]) -> None:
         """Take back a failed ADD: the veth pair (deleting one end deletes both), IPAM, masquerade.
