@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from .. import ipam, link, netfilter, skel, spec
+from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
 from . import Conf, Plugin, Result, conf_field
 from .single import check_prelude
@@ -42,6 +42,7 @@ class Ptp(Plugin):
                     with link.iproute() as cipr:
                         host, cont = link.setup_veth(cipr, ctx.ifname, host_fd, mtu)
                         veth_made = True
+                        faults.point("ptp.after_veth")  # crash-safety tests (faults.py)
                         for ip in result["ips"]:
                             ip["interface"] = 1
                         result["interfaces"] = [{"name": host["name"], "mac": host["mac"]},
