@@ -200,3 +200,23 @@ def test_failed_add_after_the_ack_gives_the_lease_back(lab):
     assert lab.wait_released() == {}
     log = open(os.path.join(lab.tmp, "dnsmasq.log")).read()
     assert "DHCPACK(br0)" in log and "DHCPRELEASE(br0)" in log  # it had the lease, and gave it back
+
+
+def test_gc_releases_unlisted_leases_and_status(lab, netns_factory):
+    lab.start()
+    other = netns_factory("pod")
+    lab.plug(other)
+    c = dict(conf(), cniVersion="1.1.0")
+    assert run(lab, "ADD", c, cid="keep").rc == 0
+    assert run(lab, "ADD", c, cid="drop", netns=f"/run/netns/{other}").rc == 0
+    assert len(lab.leased()) == 2
+    assert cnitest.run("dhcp", "STATUS", c).rc == 0
+    c["cni.dev/valid-attachments"] = [{"containerID": "keep", "ifname": "eth0"}]
+    out = cnitest.run("dhcp", "GC", c)
+    assert (out.rc, out.stdout) == (0, "")
+    deadline = time.time() + 5
+    while len(lab.leased()) != 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(lab.leased().values()) == [client_id_hex("keep")]
+    assert sorted(os.listdir("/run/cni/dhcp/dnet")) == ["keep:eth0.json"]
+    assert run(lab, "DEL", c, cid="keep").rc == 0

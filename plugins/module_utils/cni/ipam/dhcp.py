@@ -397,18 +397,44 @@ class Dhcp(Plugin):
         """Send RELEASE if the lease, the netns and the interface are all still there; always
         forget the lease. Nothing here can fail the DEL (best effort, as the spec asks)."""
         path = lease_path(conf["name"], ctx.container_id, ctx.ifname)
-        record = read_lease(path)
-        if record is not None and ctx.netns:
-            with contextlib.suppress(OSError, CNIError, KeyError, ValueError, TypeError):
-                with link.in_netns(ctx.netns):
-                    client = Client(ctx.ifname, bytes.fromhex(record["clientID"]))
-                try:
-                    client.release(socket.inet_aton(record["ip"]), socket.inet_aton(record["server"]),
-                                   bytes.fromhex(record["serverMAC"]))
-                finally:
-                    client.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        release_record(path, read_lease(path), ctx.netns, ctx.ifname)
+
+    def gc(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
+        """Release every recorded lease of this network whose attachment is not listed."""
+        from .host_local import valid_attachments  # noqa: PLC0415 - the keep-list is shared
+
+        spec.validate_name(conf["name"])
+        keep = valid_attachments(conf)
+        netdir = os.path.join(LEASE_DIR, conf["name"])
+        for name in sorted(os.listdir(netdir)) if os.path.isdir(netdir) else []:
+            cid, sep, ifname = name[:-len(".json")].partition(":") if name.endswith(".json") else ("", "", "")
+            if sep and (cid, ifname) not in keep:
+                path = os.path.join(netdir, name)
+                record = read_lease(path)
+                release_record(path, record, (record or {}).get("netns", ""), ifname)
+
+    def status(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
+        """Ready when leases can be recorded (whether a server answers is only known by asking)."""
+        probe = os.path.join(LEASE_DIR, conf["name"])
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+            raise CNIError(spec.ERR_NOT_AVAILABLE, f"dhcp: lease directory {LEASE_DIR} is not writable")
+
+
+def release_record(path: str, record: Optional[Dict[str, Any]], netns: str, ifname: str) -> None:
+    """RELEASE a recorded lease from inside its netns when possible, then forget it; never fails."""
+    if record is not None and netns:
+        with contextlib.suppress(OSError, CNIError, KeyError, ValueError, TypeError):
+            with link.in_netns(netns):
+                client = Client(ifname, bytes.fromhex(record["clientID"]))
+            try:
+                client.release(socket.inet_aton(record["ip"]), socket.inet_aton(record["server"]),
+                               bytes.fromhex(record["serverMAC"]))
+            finally:
+                client.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 # --- renewal (`cnikit dhcp-renew`): what Go's dhcp daemon does for its leases -----------------
