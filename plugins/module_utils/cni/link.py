@@ -177,15 +177,13 @@ def iface_info(msg: Any) -> Iface:
 
 def get_link(ipr: Any, name: Optional[str] = None, index: Optional[int] = None) -> Optional[Iface]:
     """The link called `name` (or with `index`) in ipr's netns, None if there is none."""
+    # One RTM_GETLINK (link_lookup + get_links made two; decoding a link message is the costly part)
     try:
-        if index is None:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                return None
-            index = found[0]
-        return iface_info(ipr.get_links(index)[0])
+        msgs = ipr.link("get", index=index) if index is not None else ipr.link("get", ifname=name)
+        return iface_info(msgs[0])
     except Exception as exc:  # noqa: BLE001 - only "no such device" means absent
-        if is_enodev(exc):
+        # by name, EINVAL (a name the kernel cannot hold) is "not found" too, as with Go LinkByName
+        if is_enodev(exc) or (index is None and netlink_error_code(exc) == errno.EINVAL):
             return None
         raise
 
