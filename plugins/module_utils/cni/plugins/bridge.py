@@ -101,6 +101,9 @@ class Bridge(Plugin):
                 link.configure_iface(cipr, ctx.ifname, result)
         wait_oper_up(ipr, host["name"])
         if n["isGateway"]:
+            # refetch: a bridge whose ports all went (e.g. an ADD killed before its address was set)
+            # has MAC 00:00:00:00:00:00 until this veth joined; pinning that stale MAC fails (Go #620)
+            br = link.require_link(ipr, n["bridge"])
             target = br
             for family in (4, 6):
                 for gw in gateways[family]:
