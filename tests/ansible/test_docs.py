@@ -15,6 +15,30 @@ MODULES = os.path.join(ROOT, "plugins", "modules")
 DOC = os.path.join(ROOT, "docs", "modules.md")
 
 
+INTRO = """\
+Every module is a thin client (`plugins/module_utils/ansible_cni.py`) over one engine call in
+`plugins/module_utils/cni/netstate.py`, which reads the kernel (or the runtime's cache, or the file),
+compares, changes only the difference and returns the state before and after. So, for all of them:
+
+- `changed` is true only when something changed; in check mode the same comparison runs without the
+  change, so the prediction is exact (cni_network runs the read-only CHECK in check mode).
+- With `--diff`, `before`/`after` are the visible state (links: kind, mode, master, MTU, MAC, up,
+  addresses, routes asked for; a file's text for cni_config).
+- Bad input fails the task with the engine's message and the CNI error code (`cni_code`) before
+  anything is touched; a link a task created is deleted again if a later step of the same task fails.
+- `addresses` are exclusive (others are removed, the kernel's IPv6 link-local kept); `routes` are
+  additive (listed routes are added when missing, others are left alone); a link of the wrong kind
+  under the name is never deleted (error), a veth paired elsewhere or a macvlan on another master
+  is re-created.
+- `netns` options take a name under `/run/netns` or an absolute path; a missing namespace is an
+  error for present and "nothing to do" for absent.
+
+Tests: `tests/ansible/` runs each module through `ansible-playbook` inside the sandbox (first run
+changed, second not, check mode predicts and changes nothing, diff, absent, bad input), the seed's
+manual lab (`examples/seed_lab.yml`), the galaxy tarball installed and run, `ansible-test sanity` and
+`ansible-lint` (production profile)."""
+
+
 def _plain(text: Any) -> str:
     """Ansible doc markup as Markdown: O(x)/V(x)/C(x)/RV(x) -> `x`, I(x) -> *x*."""
     text = str(text)
@@ -55,7 +79,7 @@ def render() -> str:
     out = ["# Modules", "",
            "Generated from each module's DOCUMENTATION, EXAMPLES and RETURN by `tests/ansible/test_docs.py`",
            "(run it with Python to regenerate; the test fails when this file is stale).",
-           "`ansible-doc cnikit.cni.<name>` shows the same text.", ""]
+           "`ansible-doc cnikit.cni.<name>` shows the same text.", "", INTRO, ""]
     names = sorted(f[:-3] for f in os.listdir(MODULES) if f.endswith(".py") and not f.startswith("_"))
     out += [f"- [`cnikit.cni.{n}`](#cnikitcni{n.replace('_', '')})" for n in names] + [""]
     for name in names:
