@@ -147,6 +147,8 @@ def test_version_is_answered_by_the_launcher_byte_for_byte(work):
     for name in ("host-local", "bridge"):
         out = cnitest.exec_plugin(os.path.join(bdir, name), {"CNI_COMMAND": "VERSION"}, b"")
         assert (out.rc, out.stdout, out.stderr) == expected  # no Python at all was needed
+        with open(os.path.join(bdir, name), "rb") as fh:  # runtime.py runs a launcher in-process by this
+            assert b"from cni.main import main" in fh.read(512)
 
 
 def test_stale_socket_falls_back_in_process(work):
