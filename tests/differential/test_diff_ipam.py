@@ -391,10 +391,11 @@ def test_lock_interop_50_parallel_adds_half_go_half_ours(tmp_path):
     assert sorted(got.values(), key=ipaddress.ip_address) == [f"10.50.0.{i}" for i in range(2, 52)]
     assert (d / "last_reserved_ip.0").read_bytes() == b"10.50.0.51"
     assert not [f for f in os.listdir(d) if "tmp" in f]
-    # and 50 parallel DELs, each lease released by the other implementation
-    dels = [_popen(i % 2 == 1, conf, f"ctr{i}", "DEL") for i in range(50)]
-    assert [p.wait(60) for p in dels] == [0] * 50
-    assert sorted(os.listdir(d)) == ["last_reserved_ip.0", "lock"]
+    # and parallel DELs of ten of them, each lease released by the other implementation
+    dels = [_popen(i % 2 == 1, conf, f"ctr{i}", "DEL") for i in range(10)]
+    assert [p.wait(60) for p in dels] == [0] * 10
+    left = {f for f in os.listdir(d) if f[0].isdigit()}
+    assert left == {ip for cid, ip in got.items() if int(cid[3:]) >= 10}
 
 
 def test_both_wait_on_the_same_flock(tmp_path):
