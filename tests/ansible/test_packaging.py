@@ -10,27 +10,33 @@ import sys
 
 import pytest
 
-from ansible_harness import BIN, ROOT, run_playbook
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ansible_harness import BIN, ROOT, run_playbook  # noqa: E402
 
 # ansible-test keeps its per-test virtualenvs under ~/.ansible/test; a project-local HOME makes them
-# a build artefact (created once from the configured package index, then reused).
+# a build artefact, made by `make sanity-venvs` outside the sandbox (which has no network to install
+# them from), then reused.
 TEST_HOME = os.path.join(ROOT, "build", "ansible-test-home")
 PIP_BOOTSTRAP = os.path.join(ROOT, "tests", "sanity", "get_pip_offline.py")
 
 
-@pytest.fixture(scope="module")
-def collection_copy(tmp_path_factory) -> str:
-    """The tracked files (as in the working tree) under <tmp>/ansible_collections/cnikit/cni."""
-    dest = tmp_path_factory.mktemp("coll") / "ansible_collections" / "cnikit" / "cni"
+def copy_tracked(dest: str) -> str:
+    """The tracked files (as in the working tree) under `dest`, itself made a git tree (ansible-test and
+    ansible-lint list files through git)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
     for rel in filter(None, (f.decode() for f in files)):
         src = os.path.join(ROOT, rel)
         if os.path.isfile(src):
             os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
             shutil.copy2(src, os.path.join(dest, rel))
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # ansible-test and ansible-lint list files via git
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    return str(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def collection_copy(tmp_path_factory) -> str:
+    return copy_tracked(str(tmp_path_factory.mktemp("coll") / "ansible_collections" / "cnikit" / "cni"))
 
 
 def _run(cmd, cwd, env=None, timeout=600):
@@ -88,7 +94,8 @@ STYLED = ["plugins/modules/", "plugins/doc_fragments/", "plugins/connection/", "
           "plugins/module_utils/cni/netstate.py", "roles/", "playbooks/", "examples/", "tests/ansible/", "tests/sanity/"]
 
 
-def _sanity(collection_copy, *args):
+def _sanity(collection_dir, *args):
+    """ansible-test sanity with the project-local HOME and the offline pip bootstrap in its cache."""
     os.makedirs(os.path.join(TEST_HOME, ".ansible", "test", "cache"), exist_ok=True)
     from ansible_test._internal.python_requirements import get_venv_packages  # noqa: PLC0415
     from ansible_test._internal.host_configs import NativePythonConfig  # noqa: PLC0415
@@ -98,7 +105,16 @@ def _sanity(collection_copy, *args):
     shutil.copy(PIP_BOOTSTRAP, os.path.join(TEST_HOME, ".ansible", "test", "cache",
                                             f"get_pip_{pip_version.replace('.', '_')}.py"))
     return _run([os.path.join(BIN, "ansible-test"), "sanity", "--python", python, "--local", "--color", "no", *args],
-                collection_copy, {"HOME": TEST_HOME}, timeout=1500)
+                collection_dir, {"HOME": TEST_HOME}, timeout=1500)
+
+
+def prime() -> int:
+    """Build the sanity virtualenvs (`make sanity-venvs`, outside the sandbox: it needs the package index)."""
+    root = os.path.join(ROOT, "build", "sanity-prime", "ansible_collections", "cnikit", "cni")
+    shutil.rmtree(root, ignore_errors=True)
+    res = _sanity(copy_tracked(root), "--prime-venvs")
+    sys.stdout.write(res.stdout + res.stderr)
+    return res.returncode
 
 
 def test_ansible_test_sanity(collection_copy):
@@ -115,3 +131,7 @@ def test_ansible_lint_production(collection_copy):
     res = _run([os.path.join(BIN, "ansible-lint"), "--offline", "--nocolor", "-q"], collection_copy,
                {"HOME": TEST_HOME})
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+
+
+if __name__ == "__main__":
+    sys.exit(prime() if sys.argv[1:] == ["prime"] else 2)
