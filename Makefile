@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all venv plugins test unit demo bench lint sanity clean
+.PHONY: all venv plugins test unit demo bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -27,8 +27,23 @@ plugins: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
+# ansible-test's sanity virtualenvs (tests/ansible/test_packaging.py), made once outside the sandbox:
+# inside it there is no network to install them from.
+sanity-venvs: build/ansible-test-home/.stamp
+
+build/ansible-test-home/.stamp: $(VENV)/.stamp
+	$(PY) tests/ansible/test_packaging.py prime
+	touch $@
+
+# ansible-test sanity and ansible-lint (production profile) on the collection.
+sanity: venv sanity-venvs
+	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_packaging.py -k sanity $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_packaging.py -k lint $(PYTEST_ARGS)
+
 # The whole suite, inside the sandbox.
-test: venv plugins
+test: venv plugins sanity-venvs
 	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 demo: venv plugins
