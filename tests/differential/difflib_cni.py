@@ -127,7 +127,10 @@ class World:
         if nat:
             st["nat"] = sorted(ln for ln in self.sh("iptables-save -t nat; ip6tables-save -t nat").splitlines()
                                if ln.startswith("-"))
-        return self.normalise(st)
+        out = self.normalise(st)
+        for role in ("host", "cont"):  # the kernel lists routes by insertion/ifindex: order is noise
+            out[role]["route"].sort(key=lambda r: json.dumps(r, sort_keys=True))
+        return out
 
     def normalise(self, obj: Any) -> Any:
         return normalise(obj, self.names)
