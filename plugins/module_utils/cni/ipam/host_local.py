@@ -193,7 +193,6 @@ def _canonical_set(raw: Any) -> RangeSet:
 @dataclass
 class IpamConf:
     name: str
-    version: str
     ranges: List[RangeSet]
     data_dir: str = ""
     resolv_conf: str = ""
@@ -283,7 +282,7 @@ def load_config(conf: Dict[str, Any], ctx: skel.Context) -> IpamConf:
         for j in range(i + 1, len(ranges)):
             if p1.overlaps(ranges[j]):
                 raise CNIError(ERR, f"range set {i} overlaps with {j}")
-    return IpamConf(name=conf["name"], version=conf["cniVersion"], ranges=ranges,
+    return IpamConf(name=conf["name"], ranges=ranges,
                     data_dir=ipam.get("dataDir", ""), resolv_conf=ipam.get("resolvConf", ""),
                     routes=routes, requested=[ip for ip in requested if ip is not None])
 
