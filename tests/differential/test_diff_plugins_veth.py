@@ -129,7 +129,7 @@ def test_bridge_force_address(worlds):
     go, ours = worlds
     for w in (go, ours):
         # an explicit MAC: a port-less bridge made by `ip` has 00:00:00:00:00:00 on this kernel, which
-        # Go's (and our) "pin the bridge MAC" step cannot write back (both fail the same way then)
+        # Go's "pin the bridge MAC" step cannot write back (plugins#620; ours refetches first)
         w.sh("ip link add cni0 address 02:00:00:00:06:01 type bridge && ip addr add 10.6.0.99/24 dev cni0")
     before = ours.state()
     assert_same(step(go, ours, "bridge", "ADD", br_conf(isGateway=True)), msg=True)  # refused

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Any
 
 from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
@@ -113,7 +114,7 @@ class Ptp(Plugin):
                                    conf_field(conf, "ipMasqBackend", str, None))
 
 
-def container_routes(cipr: link.Any, index: int, result: Result) -> None:
+def container_routes(cipr: Any, index: int, result: Result) -> None:
     """Replace each subnet route by an on-link /32 (/128) route to the gateway and the subnet via it."""
     for ipc in result["ips"]:
         iface = ipaddress.ip_interface(ipc["address"])
@@ -133,7 +134,7 @@ def container_routes(cipr: link.Any, index: int, result: Result) -> None:
             raise link.fail(f"failed to add route {net} via {gw}", exc) from None
 
 
-def host_side(ipr: link.Any, name: str, result: Result) -> None:
+def host_side(ipr: Any, name: str, result: Result) -> None:
     """Each gateway as /32 (/128) on the host veth and a host-scope route to the container IP."""
     veth = link.require_link(ipr, name, link.json_quote(name))
     for ipc in result["ips"]:
