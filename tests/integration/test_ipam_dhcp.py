@@ -220,3 +220,33 @@ def test_gc_releases_unlisted_leases_and_status(lab, netns_factory):
     assert list(lab.leased().values()) == [client_id_hex("keep")]
     assert sorted(os.listdir("/run/cni/dhcp/dnet")) == ["keep:eth0.json"]
     assert run(lab, "DEL", c, cid="keep").rc == 0
+
+
+def test_macvlan_with_dhcp_end_to_end(lab):
+    """Our macvlan delegating in-process to our dhcp: the pod's macvlan gets dnsmasq's lease
+    configured, and DEL releases it before removing the link (IPAM DEL first, plugins#791)."""
+    lab.start()
+    master = f"up{os.getpid() % 100000}"
+    sh(f"ip link add {master} type veth peer name m{master} netns {lab.srv}")
+    sh(f"ip -n {lab.srv} link set m{master} master br0 up && ip link set {master} up")
+    try:
+        c = {"cniVersion": "1.0.0", "name": "dnet", "type": "macvlan", "master": master,
+             "ipam": {"type": "dhcp", "timeout": 6}}
+        pod = f"/run/netns/{lab.pod}"
+        sh(f"ip -n {lab.pod} link del eth0")  # the lab's veth; macvlan makes its own eth0
+        out = cnitest.run("macvlan", "ADD", c, cid="mv1", netns=pod)
+        assert out.rc == 0, out.stdout + out.stderr
+        addr = out.json["ips"][0]["address"]
+        assert addr.startswith("10.77.0.5")
+        inet = [f"{a['local']}/{a['prefixlen']}" for a in ip_json("addr show eth0", lab.pod)[0]["addr_info"]
+                if a["family"] == "inet"]
+        assert inet == [addr]
+        assert any(r.get("dst") == "default" and r.get("gateway") == "10.77.0.1"
+                   for r in ip_json("route show", lab.pod))
+        assert list(lab.leased()) == [addr.split("/")[0]]
+        assert cnitest.run("macvlan", "DEL", c, cid="mv1", netns=pod).rc == 0
+        assert lab.wait_released() == {}
+        assert ip_json("link show", lab.pod) and not [link for link in ip_json("link show", lab.pod)
+                                                       if link["ifname"] == "eth0"]
+    finally:
+        sh(f"ip link del {master}", check=False)
