@@ -26,6 +26,7 @@ def static_pod(netns, n, addrs, **extra):
 
 @pytest.fixture
 def dual(netns):
+    mu.reset_netfilter()  # start from empty tables, whatever an earlier test left
     pod = static_pod(netns, mu.uid(), [{"address": "10.123.0.5/24", "gateway": "10.123.0.1"},
                                        {"address": "fd00:123::5/64", "gateway": "fd00:123::1"}])
     yield pod
@@ -75,6 +76,7 @@ def test_portmap_iptables_rules_equal_go(dual, case):
     [{"address": "10.124.0.5/24", "gateway": "10.124.0.1"}, {"address": "10.124.0.6/24"}],  # AppendUnique
 ], ids=["dual-stack", "two-v4-one-subnet"])
 def test_ipmasq_iptables_equals_go_bridge(netns, addrs):
+    mu.reset_netfilter()
     pod = static_pod(netns, mu.uid(), addrs, ipMasq=True)
     go_add = nat_state()
     mu.del_pod(pod)

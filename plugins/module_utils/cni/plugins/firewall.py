@@ -15,7 +15,6 @@ Backends (`"backend"`):
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from typing import Any, Dict, List
 
 from .. import netfilter, skel, spec
@@ -50,7 +49,7 @@ def _settings(conf: Conf) -> Dict[str, Any]:
 def _pod_ips(result: Result) -> Dict[int, List[str]]:
     out: Dict[int, List[str]] = {4: [], 6: []}
     for ip in result.get("ips") or []:
-        addr = ipaddress.ip_interface(ip["address"]).ip
+        addr = netfilter.interface_networks([ip["address"]])[0].ip
         out[addr.version].append(f"{addr}/{addr.max_prefixlen}")  # Go ipString
     return out
 

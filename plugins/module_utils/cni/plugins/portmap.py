@@ -94,7 +94,7 @@ def _container_ips(prev: Optional[Result], ifname: str) -> Dict[int, Any]:
         return found
     ifaces = prev.get("interfaces") or []
     for ip in prev.get("ips") or []:
-        addr = ipaddress.ip_interface(ip["address"])
+        addr = netfilter.interface_networks([ip["address"]])[0]
         if addr.version in found:
             continue
         idx = ip.get("interface")

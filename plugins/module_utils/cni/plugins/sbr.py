@@ -15,7 +15,7 @@ import ipaddress
 import os
 from typing import Any, Dict, Iterator, List, Set
 
-from .. import link, skel, spec
+from .. import link, netfilter, skel, spec
 from ..spec import CNIError
 from . import Conf, Plugin, Result
 
@@ -49,7 +49,7 @@ def ip_configs(result: Result, ifname: str) -> List[Dict[str, Any]]:
         idx = ip.get("interface")
         if idx is not None and 0 <= idx < len(ifaces) and ifaces[idx].get("name") != ifname:
             continue
-        out.append(ip)
+        out.append(dict(ip, iface=netfilter.interface_networks([ip["address"]])[0]))  # CNIError if malformed
     return out
 
 
@@ -115,7 +115,7 @@ class Sbr(Plugin):
         table = _next_table(used, FIRST_TABLE)
         try:
             for ipc in ipcfgs:
-                iface = ipaddress.ip_interface(ipc["address"])
+                iface = ipc["iface"]
                 family = AF_INET if iface.version == 4 else AF_INET6
                 rule = {"family": family, "table": table, "src": str(iface.ip), "src_len": iface.max_prefixlen,
                         "priority": _default_pref(ipr, family)}
@@ -144,7 +144,7 @@ class Sbr(Plugin):
         result = conf.get("prevResult")
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "This plugin must be called as chained plugin")
-        wanted = {str(ipaddress.ip_interface(i["address"]).ip) for i in ip_configs(result, ctx.ifname)}
+        wanted = {str(i["iface"].ip) for i in ip_configs(result, ctx.ifname)}
         with link.in_netns(ctx.netns), link.iproute() as ipr:
             have = {r.get_attr("FRA_SRC") for r in ipr.get_rules() if _table_of(r, "FRA_TABLE") >= FIRST_TABLE}
         missing = sorted(wanted - have)
@@ -155,7 +155,7 @@ class Sbr(Plugin):
         if not ctx.netns:
             return
         prev = conf.get("prevResult") or {}
-        known = {str(ipaddress.ip_interface(i["address"]).ip)
+        known = {str(i["iface"].ip)
                  for i in (ip_configs(prev, ctx.ifname) if prev.get("ips") else [])}
         try:
             with _locked_netns(ctx.netns), link.iproute() as ipr:
