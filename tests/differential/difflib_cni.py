@@ -28,6 +28,7 @@ import cnitest
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 VETH_RE = re.compile(r"veth[0-9a-f]{8}")
 LL_RE = re.compile(r"^fe80::[0-9a-f:]+$")
+MAC_IN_TEXT_RE = re.compile(r"\b(?!00:00:00:00:00:00|ff:ff:ff:ff:ff:ff)[0-9a-f]{2}(:[0-9a-f]{2}){5}\b")
 # kernel bookkeeping that differs between two identical setups
 _DROP_KEYS = {"ifindex", "link_index", "link_netnsid", "stats64", "stats", "master_index", "peer_ifindex",
               "preferred_life_time", "valid_life_time", "altnames", "parentbus", "parentdev", "inet6_addr_gen_mode",
@@ -166,7 +167,7 @@ def normalise(obj: Any, names: Dict[str, str]) -> Any:
             return "<mac>"
         for text, repl in names.items():
             obj = obj.replace(text, repl)
-        return LL_RE.sub("<ll>", VETH_RE.sub("<veth>", obj))
+        return MAC_IN_TEXT_RE.sub("<mac>", LL_RE.sub("<ll>", VETH_RE.sub("<veth>", obj)))
     return obj
 
 

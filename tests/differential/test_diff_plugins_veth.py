@@ -260,3 +260,24 @@ def test_host_device_del_twice_and_netns_gone(worlds):
         w.sh(f"ip netns del {w.cont}")
     gone = step(go, ours, "host-device", "DEL", conf)
     assert gone.go.rc == 1 and gone.ours.rc == 0
+
+
+def test_bridge_macspoofchk(worlds):
+    """Same nft bridge table, chains, rules and comments as Go's spoof checker; DEL (twice) removes
+    the per-container chains and the jump."""
+    go, ours = worlds
+    conf = br_conf(macspoofchk=True)
+
+    def table(w):
+        return w.normalise(w.sh("nft list table bridge nat 2>/dev/null || true").replace("\t", " ").splitlines())
+
+    add = step(go, ours, "bridge", "ADD", conf)
+    assert_same(add)
+    text = table(ours)
+    assert text == table(go)
+    assert any("ether saddr" in ln and "return" in ln for ln in text)
+    assert any(add.ours.json["interfaces"][2]["mac"] in ln for ln in ours.sh("nft list table bridge nat").splitlines())
+    for _ in range(2):
+        assert_same(step(go, ours, "bridge", "DEL", with_prev(conf, add.go)))
+    assert table(ours) == table(go)
+    assert not any("cni-br-iface" in ln for ln in table(ours))

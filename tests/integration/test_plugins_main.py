@@ -213,3 +213,19 @@ def test_failed_add_leaves_nothing(netns, tmp_path, master, plugin, extra):
     assert [l for l in links() if l.startswith("veth")] == host_before
     assert leases(tmp_path) == []
     cnitest.sh("ip link del cnitest2", check=False)
+
+
+def test_bridge_macspoofchk_drops_spoofed_frames(netns_factory, tmp_path):
+    conf = {"cniVersion": "1.0.0", "name": "brs", "type": "bridge", "bridge": "cnitest3", "macspoofchk": True,
+            "ipam": hl("10.26.0.0/24", tmp_path)}
+    pods = [netns_factory("sp") for _ in range(2)]
+    for i, ns in enumerate(pods):
+        assert cnitest.run("bridge", "ADD", conf, cid=f"s{i}", netns=f"/run/netns/{ns}").rc == 0
+    ping(pods[0], "10.26.0.3")
+    cnitest.sh(f"ip -n {pods[0]} link set eth0 address 02:00:00:00:66:66")
+    cnitest.sh(f"ip -n {pods[1]} neigh flush all")
+    ping(pods[0], "10.26.0.3", ok=False)  # the new source MAC is not the container's: dropped
+    for i, ns in enumerate(pods):
+        assert cnitest.run("bridge", "DEL", conf, cid=f"s{i}", netns=f"/run/netns/{ns}").rc == 0
+    assert "cni-br-iface" not in cnitest.sh("nft list table bridge nat")
+    cnitest.sh("ip link del cnitest3")

@@ -2,13 +2,13 @@
 
 Options: bridge (cni0), isGateway, isDefaultGateway (implies isGateway), forceAddress, ipMasq
 (+ ipMasqBackend: nftables default, "iptables" = Go's chains), mtu, hairpinMode, promiscMode (not
-with hairpin), vlan (0..4094), enabledad, mac (CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac),
-ipam ({} = L2 only). Result interfaces [bridge, host veth, container veth], ips[].interface = 2.
+with hairpin), vlan (0..4094), macspoofchk (nft bridge table, as Go), enabledad,
+mac (CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac), ipam ({} = L2 only).
+Result interfaces [bridge, host veth, container veth], ips[].interface = 2.
 
 Deliberate differences from Go 1.1.1: a failed ADD deletes its veth pair (Go leaves it, plugins#29);
 DEL removes the masquerade even when the netns or link is already gone (Go leaks it, plugins#810);
-CHECK of an L2-only network skips the IPAM CHECK (Go fails looking for an IPAM plugin "");
-macspoofchk is refused with code 2 (not implemented here).
+CHECK of an L2-only network skips the IPAM CHECK (Go fails looking for an IPAM plugin "").
 """
 from __future__ import annotations
 
@@ -54,8 +54,6 @@ class Bridge(Plugin):
         n = self.load(ctx, conf)
         if n["hairpinMode"] and n["promiscMode"]:
             raise link.fail("cannot set hairpin mode and promiscuous mode at the same time.")
-        if n["macspoofchk"]:
-            raise CNIError(spec.ERR_UNSUPPORTED_FIELD, "unsupported field: macspoofchk", "macspoofchk=true")
         with link.iproute() as ipr:
             br = ensure_bridge(ipr, n["bridge"], n["mtu"], n["promiscMode"], n["vlan"] != 0)
             host, cont = attach_veth(ipr, br, ctx.netns, ctx.ifname, n["mtu"], n["hairpinMode"], n["vlan"],
@@ -63,8 +61,11 @@ class Bridge(Plugin):
             result = spec.new_result(interfaces=[{"name": br["name"], "mac": br["mac"]},
                                                  {"name": host["name"], "mac": host["mac"]},
                                                  {"name": ctx.ifname, "mac": cont["mac"], "sandbox": ctx.netns}])
-            done = {"ipam": False, "masq": False}
+            done = {"ipam": False, "masq": False, "spoof": False}
             try:
+                if n["macspoofchk"]:
+                    done["spoof"] = True
+                    spoofcheck_setup(host["name"], cont["mac"], f"{ctx.container_id}-{ctx.ifname}")
                 if ipam.ipam_type(conf):
                     self._add_l3(ctx, conf, n, ipr, br, host, result, done)
                 else:
@@ -130,6 +131,8 @@ class Bridge(Plugin):
         except CNIError:
             pass
         try:
+            if done["spoof"]:
+                spoofcheck_teardown(f"{ctx.container_id}-{ctx.ifname}")
             if done["masq"]:
                 netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, n["backend"])
             if done["ipam"]:
@@ -152,6 +155,8 @@ class Bridge(Plugin):
                 addrs = None
         if l3:
             ipam.delegate("DEL", ctx, conf)  # after the link, like v1.1.1 (plugins#666)
+        if n["macspoofchk"]:
+            spoofcheck_teardown(f"{ctx.container_id}-{ctx.ifname}")
         if l3 and n["ipMasq"]:
             # addresses unknown (netns or link already gone): remove whatever is the container's
             netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, n["backend"])
@@ -347,6 +352,41 @@ def ensure_vlan_gateway(ipr: Any, br: link.Iface, vlan: int, result: Result) -> 
     if not any(i.get("name") == name for i in result["interfaces"]):
         result["interfaces"].append({"name": name, "mac": found["mac"]})
     return found
+
+
+# --- macspoofchk (Go pkg/link/spoofcheck.go: same table, chains, rules and comments) ----------------
+
+def spoofcheck_setup(host_veth: str, mac: str, ref: str) -> None:
+    """Frames entering the bridge from `host_veth` must carry the container's MAC, else dropped."""
+    from ..netfilter import nft  # noqa: PLC0415 - nft only when asked for
+
+    chain, note = f"cni-br-iface-{ref}", f'comment "macspoofchk-{ref}"'
+    try:
+        nft.run(["add table bridge nat",
+                 "add chain bridge nat PREROUTING { type filter hook prerouting priority -300; policy accept; }",
+                 f"add chain bridge nat {chain}", f"add chain bridge nat {chain}-mac",
+                 f"flush chain bridge nat {chain}", f"flush chain bridge nat {chain}-mac",
+                 f'add rule bridge nat PREROUTING iifname "{host_veth}" jump {chain} {note}',
+                 f"add rule bridge nat {chain} jump {chain}-mac {note}",
+                 f"add rule bridge nat {chain}-mac ether saddr {mac} return {note}",
+                 f"add rule bridge nat {chain}-mac drop {note}"])
+    except CNIError as err:
+        raise link.fail(f"failed to setup spoof-check: {err}") from None
+
+
+def spoofcheck_teardown(ref: str) -> None:
+    """Remove the jump (found by its comment) and both chains; whatever is already gone is fine."""
+    from ..netfilter import nft  # noqa: PLC0415
+
+    chain = f"cni-br-iface-{ref}"
+    lines = [f"delete rule bridge nat PREROUTING handle {rule['handle']}"
+             for rule in nft.rules(nft.list_json("chain", "bridge", "nat", "PREROUTING"))
+             if rule.get("comment") == f"macspoofchk-{ref}"]
+    for name in (chain, f"{chain}-mac"):  # flush first: a chain with rules cannot be deleted
+        if nft.list_json("chain", "bridge", "nat", name) is not None:
+            lines += [f"flush chain bridge nat {name}", f"delete chain bridge nat {name}"]
+    if lines:
+        nft.run(lines)
 
 
 # --- CHECK steps (Go validateCni*Interface) ------------------------------------------------------
