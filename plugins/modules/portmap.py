@@ -13,11 +13,12 @@ description:
   - Installs or removes the host-port to container-port mappings of one container with the cnikit
     portmap plugin (the same code the C(portmap) CNI executable runs), nftables by default or the
     Go-compatible iptables chains with O(backend=iptables).
-  - The mappings belong to (O(network), O(container_id)) as a set. With O(state=present) nothing
-    changes when the plugin's CHECK finds every mapping installed; otherwise the container's set is
-    deleted and added again. With O(state=absent) the set is deleted when CHECK finds it installed.
-  - CHECK verifies that the listed mappings exist; mappings left over from a longer earlier list are
-    not detected - use O(state=absent) with the old list first to shrink a set.
+  - The mappings belong to (O(network), O(container_id)) as a set. The plugin's CHECK tells whether
+    the listed mappings are installed but not whether others are too, so the set last applied is
+    recorded in O(state_dir). With O(state=present) nothing changes when CHECK passes and the record
+    equals the wanted set; otherwise the recorded set and the wanted one are deleted and the wanted one
+    added (so a shorter list removes the mappings it no longer has). With O(state=absent) the set is
+    deleted when CHECK finds it installed or a record exists.
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
@@ -76,6 +77,10 @@ options:
     description: Masquerade hairpin and localhost traffic to the mapped ports (the plugin's C(snat)).
     type: bool
     default: true
+  state_dir:
+    description: Where the applied set of each (network, container) is recorded.
+    type: path
+    default: /var/lib/cni/cnikit/portmap
   ifname:
     description: The container's interface name (only for the plugin's address selection).
     type: str
@@ -112,8 +117,8 @@ state:
   description: The mappings after the task (predicted in check mode).
   returned: always
   type: dict
-  sample: {"network": "web", "container_id": "web1", "state": "present",
-           "mappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
+  sample: {"network": "web", "container_id": "web1", "state": "present", "backend": "nftables", "snat": true,
+           "container_ips": ["10.88.0.5/32"], "mappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
@@ -132,6 +137,7 @@ def main() -> None:
             backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
             snat=dict(type="bool", default=True),
             ifname=dict(type="str", default="eth0"),
+            state_dir=dict(type="path", default=netstate.PORTMAP_STATE_DIR),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
         needs_netlink=False,
@@ -142,7 +148,7 @@ def main() -> None:
                  **({"hostIP": m["host_ip"]} if m["host_ip"] else {})} for m in p["mappings"]]
     change = client.run(netstate.ensure_portmap, p["network"], p["container_id"], p["container_ip"], mappings,
                         present=p["state"] == "present", backend=p["backend"], snat=p["snat"], ifname=p["ifname"],
-                        check_mode=client.check_mode)
+                        state_dir=p["state_dir"], check_mode=client.check_mode)
     client.exit_change(change)
 
 

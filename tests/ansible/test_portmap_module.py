@@ -8,7 +8,7 @@ import subprocess
 import metautil as mu
 
 
-def test_portmap_lifecycle(play):
+def test_portmap_lifecycle(play, tmp_path):
     tag = os.getpid()
     ns = f"pm{tag}"
     pod = {"cnikit.cni.veth": {"name": f"pmh{tag % 100000}", "addresses": ["10.77.0.1/24"],
@@ -18,7 +18,7 @@ def test_portmap_lifecycle(play):
 
     def pm(cid="web1", mappings=None, **kw):
         return {"cnikit.cni.portmap": {"network": "pmnet", "container_id": cid, "container_ip": ["10.77.0.2"],
-                                       "mappings": mappings or web, **kw}}
+                                       "mappings": mappings or web, "state_dir": str(tmp_path / "pm"), **kw}}
 
     def fetch(url):
         return {"uri": {"url": url, "return_content": True, "timeout": 3}, "ignore_errors": True}
@@ -32,6 +32,10 @@ def test_portmap_lifecycle(play):
                 {"name": "map again", **pm()},
                 {"name": "via host address", **fetch("http://10.77.0.1:8080/")},
                 {"name": "via localhost", **fetch("http://127.0.0.1:8080/")},
+                {"name": "grow", **pm(mappings=web + [{"host_port": 8443, "container_port": 80}])},
+                {"name": "after grow", **fetch("http://10.77.0.1:8443/")},
+                {"name": "shrink", **pm()},
+                {"name": "after shrink", **fetch("http://10.77.0.1:8443/")},
                 {"name": "iptables", **pm("web2", [{"host_port": 8081, "container_port": 80}], backend="iptables")},
                 {"name": "iptables again", **pm("web2", [{"host_port": 8081, "container_port": 80}], backend="iptables")},
                 {"name": "iptables rules", "command": "iptables-save -t nat", "changed_when": False},
@@ -49,6 +53,9 @@ def test_portmap_lifecycle(play):
         assert r["map"]["changed"] is True and r["map again"]["changed"] is False
         assert r["via host address"]["content"] == "pod says hi"
         assert r["via localhost"]["content"] == "pod says hi"
+        assert r["grow"]["changed"] is True and r["after grow"]["content"] == "pod says hi"
+        assert r["shrink"]["changed"] is True
+        assert r["after shrink"]["_status"] == "failed"  # the shorter list took 8443 away
         assert r["iptables"]["changed"] is True and r["iptables again"]["changed"] is False
         rules = r["iptables rules"]["stdout"]  # Go's chains: the multiport entry and the container's DNAT
         assert '--comment "dnat name: \\"pmnet\\" id: \\"web2\\"" -m multiport --dports 8081 -j CNI-DN-' in rules

@@ -676,13 +676,18 @@ def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_
 
 # --- host port mappings (the engine's portmap plugin, called in-process) ---------------------
 
+PORTMAP_STATE_DIR = "/var/lib/cni/cnikit/portmap"
+
+
 def ensure_portmap(network: str, container_id: str, container_ips: List[str], mappings: List[Dict[str, Any]],
                    present: bool = True, backend: Optional[str] = None, snat: bool = True, ifname: str = "eth0",
-                   netns: str = "", check_mode: bool = False) -> Change:
+                   netns: str = "", state_dir: str = PORTMAP_STATE_DIR, check_mode: bool = False) -> Change:
     """The port mappings of one container, as a set owned by (network, container_id).
 
-    present: nothing when CHECK passes for `mappings`; else DEL (drops whatever set was there)
-             and ADD. absent: DEL when CHECK finds `mappings` installed.
+    The plugin's CHECK tells whether the wanted mappings are installed, not whether others are too,
+    so the set last applied is recorded in `state_dir` (like the runtime's result cache). present:
+    nothing when CHECK passes and the record equals the wanted set; else DEL (the recorded set, then
+    the wanted one) and ADD. absent: DEL when CHECK passes or a record exists.
     """
     from .plugins.portmap import Portmap  # noqa: PLC0415 - only this module needs netfilter
 
@@ -691,37 +696,47 @@ def ensure_portmap(network: str, container_id: str, container_ips: List[str], ma
     ips = []
     for ip in container_ips:
         try:
-            addr = ipaddress.ip_interface(ip)
+            ips.append(ipaddress.ip_interface(ip).with_prefixlen)
         except ValueError:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid container IP {ip!r}") from None
-        ips.append({"address": addr.with_prefixlen})
     if not ips:
         raise CNIError(spec.ERR_INVALID_CONFIG, "container_ip: at least one container address is needed")
-    conf: Dict[str, Any] = {"cniVersion": "1.0.0", "name": network, "type": "portmap", "snat": snat,
-                            "runtimeConfig": {"portMappings": mappings},
-                            "prevResult": {"cniVersion": "1.0.0", "ips": ips}}
-    if backend:
-        conf["backend"] = backend
+    wanted = {"mappings": mappings, "container_ips": ips, "backend": backend or "nftables", "snat": snat}
+    record = os.path.join(state_dir, f"{network}-{container_id}.json")
     plugin = Portmap()
 
-    def run(command: str) -> None:
+    def run(command: str, applied: Dict[str, Any]) -> None:
+        conf = {"cniVersion": "1.0.0", "name": network, "type": "portmap", "snat": applied["snat"],
+                "backend": applied["backend"], "runtimeConfig": {"portMappings": applied["mappings"]},
+                "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": a} for a in applied["container_ips"]]}}
         ctx = skel.Context(command=command, container_id=container_id, netns=netns, ifname=ifname)
         skel.call(plugin, ctx, spec.load_netconf(json.dumps(conf)))
 
     try:
-        run("CHECK")
+        run("CHECK", wanted)
         installed = True
     except CNIError as err:
         if err.code == spec.ERR_INVALID_CONFIG:
             raise  # a bad mapping, protocol or backend: not a question of what is installed
         installed = False
-    view = {"network": network, "container_id": container_id, "mappings": mappings}
-    before = {**view, "state": "present" if installed else "absent"}
-    after = {**view, "state": "present" if present else "absent"}
-    if installed == present:
+    try:
+        with open(record, encoding="utf-8") as fh:
+            recorded: Optional[Dict[str, Any]] = json.load(fh)
+    except (OSError, ValueError):
+        recorded = None
+    view = {"network": network, "container_id": container_id}
+    before = {**view, "state": "present" if installed or recorded else "absent",
+              **(recorded or (wanted if installed else {}))}
+    after = {**view, "state": "present", **wanted} if present else {**view, "state": "absent"}
+    if (present and installed and recorded == wanted) or (not present and not installed and recorded is None):
         return Change(False, before, before)
     if not check_mode:
-        run("DEL")
+        if recorded is not None and recorded != wanted:
+            run("DEL", recorded)
+        run("DEL", wanted)
         if present:
-            run("ADD")
+            run("ADD", wanted)
+            ensure_config_file(record, json.dumps(wanted, sort_keys=True), 0o600)
+        elif recorded is not None:
+            os.unlink(record)
     return Change(True, before, after)
