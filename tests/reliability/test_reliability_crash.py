@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from typing import Dict, Optional
 
 import pytest
@@ -19,8 +20,14 @@ import relutil
 
 NET = "crashnet"
 HOST_PORT = 18080
+BRIDGE = "cnicrbr0"
+# network -> (main plugin config, subnet); each network is that plugin + host-local → portmap
+NETS = {"crashnet": ({"type": "macvlan", "master": "crm0", "mode": "bridge"}, "10.66.0.0/24"),
+        "brnet": ({"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True}, "10.67.0.0/24"),
+        "ptpnet": ({"type": "ptp", "ipMasq": True}, "10.68.0.0/24")}
 ADD_POINTS = ["macvlan.after_link_create", "host_local.after_lease_write", "macvlan.after_ipam_add",
-              "portmap.after_rules", "runtime.before_cache_write"]
+              "portmap.after_rules", "runtime.before_cache_write",
+              "brnet:bridge.after_ipam_add", "brnet:bridge.after_masq", "ptpnet:ptp.after_veth"]
 DEL_POINTS = ["runtime.del_after_plugin", "macvlan.del_after_ipam", "host_local.after_release_one"]
 # Reached only on paths this chain does not take; each is named with where it is exercised.
 OTHER_POINTS = {"portmap.after_family": "iptables backend, dual-stack: not in this chain (see docs/reliability.md)"}
@@ -40,7 +47,7 @@ def engine_fault_points():
 
 
 def test_every_fault_point_is_exercised():
-    covered = set(ADD_POINTS) | set(DEL_POINTS) | set(OTHER_POINTS)
+    covered = {p.split(":")[-1] for p in ADD_POINTS + DEL_POINTS} | set(OTHER_POINTS)
     points = engine_fault_points()
     assert len(points) >= 8
     missing = [p for p in points if not (p in covered or (p.startswith("*") and any(c.endswith(p[1:]) for c in covered)))]
@@ -55,12 +62,13 @@ class Node:
         self.conf_dir, self.cache_dir, self.data_dir = (str(tmp / d) for d in ("conf", "cache", "data"))
         os.makedirs(self.conf_dir)
         self.netns_factory = netns_factory
-        conflist = {"cniVersion": "1.0.0", "name": NET, "plugins": [
-            {"type": "macvlan", "master": "crm0", "mode": "bridge",
-             "ipam": {"type": "host-local", "dataDir": self.data_dir, "ranges": [[{"subnet": "10.66.0.0/24"}]]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}}]}
-        with open(os.path.join(self.conf_dir, "10-crash.conflist"), "w", encoding="utf-8") as fh:
-            json.dump(conflist, fh)
+        for name, (main, subnet) in NETS.items():
+            conflist = {"cniVersion": "1.0.0", "name": name, "plugins": [
+                dict(main, ipam={"type": "host-local", "dataDir": self.data_dir, "ranges": [[{"subnet": subnet}]]}),
+                {"type": "portmap", "capabilities": {"portMappings": True}}]}
+            with open(os.path.join(self.conf_dir, f"10-{name}.conflist"), "w", encoding="utf-8") as fh:
+                json.dump(conflist, fh)
+        self.links_before = set(relutil.link_names())
 
     def env(self, fault: str = "", port: int = HOST_PORT) -> Dict[str, str]:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETCONFPATH": self.conf_dir, "CNI_PATH": cnitest.OUR_BIN,
@@ -73,8 +81,10 @@ class Node:
         return subprocess.run([os.path.join(cnitest.OUR_BIN, "cnikit"), *args], env=self.env(fault, port),
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def net(self, verb: str, pod: str, fault: str = "", port: int = HOST_PORT) -> subprocess.CompletedProcess:
-        return self.cnikit("net", verb, NET, f"/run/netns/{pod}", "--cache-dir", self.cache_dir, fault=fault, port=port)
+    def net(self, verb: str, pod: str, fault: str = "", port: int = HOST_PORT,
+            network: str = NET) -> subprocess.CompletedProcess:
+        return self.cnikit("net", verb, network, f"/run/netns/{pod}", "--cache-dir", self.cache_dir,
+                           fault=fault, port=port)
 
     def gc(self) -> subprocess.CompletedProcess:
         return self.cnikit("gc", "--cache-dir", self.cache_dir, "--data-dir", self.data_dir, "--conf-dir",
@@ -90,6 +100,13 @@ class Node:
         cache = self.cache_entries()
         rules = relutil.nft_ruleset() + subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
         assert [p for p in ports if re.search(rf"\b{p}\b", rules)] == [], rules
+        assert not re.search(r"10\.6[78]\.0\.", rules), rules  # bridge/ptp masquerade
+        for _ in range(100):  # host-side veths go with their netns, which the kernel frees async
+            host_links = set(relutil.link_names()) - self.links_before - {BRIDGE}
+            if not host_links:
+                break
+            time.sleep(0.05)
+        assert host_links == set()
         if bystander is None:
             assert leases == {} and cache == [], (leases, cache)
         else:  # exactly the bystander's state remains
@@ -104,7 +121,13 @@ class Node:
 def node(sandbox, tmp_path, netns_factory):
     cnitest.sh("ip link add crm0 type veth peer name crm1 && ip link set crm0 up && ip link set crm1 up")
     yield Node(tmp_path, netns_factory)
-    cnitest.sh("ip link del crm0", check=False)
+    cnitest.sh(f"ip link del crm0; ip link del {BRIDGE}", check=False)
+
+
+def split(point: str):
+    """`<network>:<point>` (or a bare point on crashnet) -> (network, point)."""
+    network, _, name = point.rpartition(":")
+    return network or NET, name
 
 
 def killed(proc: subprocess.CompletedProcess) -> bool:
@@ -117,14 +140,15 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.parametrize("point", ADD_POINTS)
 def test_killed_in_add_then_del_cleans_and_retry_succeeds(node, point):
+    network, point = split(point)
     pod = node.netns_factory("crash")
-    proc = node.net("add", pod, fault=point)
+    proc = node.net("add", pod, fault=point, network=network)
     assert killed(proc), f"fault point {point} not reached: {proc.returncode} {proc.stdout} {proc.stderr}"
-    ok(node.net("del", pod))
+    ok(node.net("del", pod, network=network))
     node.assert_clean(pod)
-    ok(node.net("add", pod))  # the retried ADD succeeds on the cleaned node
+    ok(node.net("add", pod, network=network))  # the retried ADD succeeds on the cleaned node
     assert len(relutil.lease_files(node.data_dir)) == 1 and "eth0" in relutil.link_names(pod)
-    ok(node.net("del", pod))
+    ok(node.net("del", pod, network=network))
     node.assert_clean(pod)
 
 
@@ -144,9 +168,10 @@ def test_gc_after_crashes_missed_del_and_reboot(node):
     live = node.netns_factory("live")
     ok(node.net("add", live, port=HOST_PORT + 1))
     dead, ports = [], []  # one host port each: a leaked mapping would block the next one's ADD
-    for point in ADD_POINTS:
+    for spec_ in ADD_POINTS:
+        network, point = split(spec_)
         pod, port = node.netns_factory("crash"), HOST_PORT + 10 + len(dead)
-        assert killed(node.net("add", pod, fault=point, port=port)), point
+        assert killed(node.net("add", pod, fault=point, port=port, network=network)), point
         dead.append(pod), ports.append(port)
     for point in DEL_POINTS:
         pod, port = node.netns_factory("crash"), HOST_PORT + 10 + len(dead)
@@ -154,7 +179,7 @@ def test_gc_after_crashes_missed_del_and_reboot(node):
         assert killed(node.net("del", pod, fault=point, port=port)), point
         dead.append(pod), ports.append(port)
     missed, port = node.netns_factory("missed"), HOST_PORT + 10 + len(dead)
-    ok(node.net("add", missed, port=port))
+    ok(node.net("add", missed, port=port, network="brnet"))
     dead.append(missed), ports.append(port)
     for pod in dead:
         cnitest.sh(f"ip netns del {pod}")
