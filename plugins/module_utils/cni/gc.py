@@ -23,6 +23,7 @@ import binascii
 import fcntl
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass, field
@@ -31,14 +32,11 @@ from typing import Any, Dict, List, Sequence, Set, Tuple
 from . import skel, spec
 from .spec import CNIError
 
-DEFAULT_CACHE_DIR = "/var/lib/cni"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
 MAX_OWNER = 4096  # a lease holds "<cid>\r\n<ifname>"; read no more than that
-CACHE_KIND = "cniCacheV1"
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 CLONE_NEWNET = 0x40000000
-TMP_MARK = ".tmp"  # atomic writers (store, runtime cache) write `<name>.tmp<pid>` then rename
+# atomic writers (the store, the runtime cache) write `<name>.tmp<pid>` and rename it into place
+TEMP_RE = re.compile(r"\.tmp\d+$")
 
 
 @dataclass
@@ -88,6 +86,8 @@ def netns_alive(path: str) -> bool:
 
 
 def _parse_entry(path: str) -> Attachment:
+    from .runtime import CACHE_KIND  # noqa: PLC0415
+
     with open(path, "rb") as fh:
         raw = json.loads(fh.read())
     if not isinstance(raw, dict) or raw.get("kind") != CACHE_KIND:
@@ -103,7 +103,7 @@ def _parse_entry(path: str) -> Attachment:
                       caps if isinstance(caps, dict) else {})
 
 
-def cached_attachments(cache_dir: str = DEFAULT_CACHE_DIR) -> Tuple[List[Attachment], List[str]]:
+def cached_attachments(cache_dir: str) -> Tuple[List[Attachment], List[str]]:
     """Every readable cache entry, and the paths of those that are not (torn, garbage, wrong kind)."""
     results = os.path.join(cache_dir, "results")
     try:
@@ -113,7 +113,7 @@ def cached_attachments(cache_dir: str = DEFAULT_CACHE_DIR) -> Tuple[List[Attachm
     good, bad = [], []
     for name in names:
         path = os.path.join(results, name)
-        if not os.path.isfile(path) or TMP_MARK in name:
+        if not os.path.isfile(path) or TEMP_RE.search(name):
             continue
         try:
             good.append(_parse_entry(path))
@@ -126,18 +126,23 @@ def _label(att: Attachment) -> str:
     return f"{att.network}/{att.container_id}/{att.ifname}"
 
 
-def _delete(runtime: Any, rt: Any, att: Attachment) -> Any:
-    """DEL one attachment with the config it was made with; returns that network list."""
+def _delete(runtime: Any, rt: Any, att: Attachment) -> None:
+    """DEL one attachment with the config it was made with."""
     net = runtime.network_from_bytes(att.config)
     rt.delete(net, runtime.RuntimeConf(container_id=att.container_id, netns=att.netns, ifname=att.ifname,
                                        args=att.cni_args, capability_args=att.capability_args))
-    return net
 
 
-def collect(cache_dir: str = DEFAULT_CACHE_DIR, cni_path: Sequence[str] = (),
-            data_dirs: Sequence[str] = (DEFAULT_DATA_DIR,), orphans: bool = False, grace: float = 60.0,
-            dry_run: bool = False, conf_dir: str = DEFAULT_CONF_DIR, gc_verb: bool = False) -> Report:
+def collect(cache_dir: str = "", cni_path: Sequence[str] = (), data_dirs: Sequence[str] = (),
+            orphans: bool = False, grace: float = 60.0, dry_run: bool = False, conf_dir: str = "",
+            gc_verb: bool = False) -> Report:
+    """Defaults: the runtime's cache and conf dirs, host-local's default dataDir."""
     from . import runtime  # noqa: PLC0415 - the CLI's other commands do not need it
+    from .ipam.store import DEFAULT_DATA_DIR  # noqa: PLC0415
+
+    cache_dir = cache_dir or runtime.DEFAULT_CACHE_DIR
+    conf_dir = conf_dir or runtime.DEFAULT_CONF_DIR
+    data_dirs = list(data_dirs) or [DEFAULT_DATA_DIR]
 
     report = Report()
     atts, report.corrupt = cached_attachments(cache_dir)
@@ -218,7 +223,7 @@ def _stray_cache_files(cache_dir: str, grace: float, dry_run: bool, report: Repo
         return
     for name in names:
         path = os.path.join(results, name)
-        if TMP_MARK in name and os.path.isfile(path) and os.lstat(path).st_mtime <= cutoff:
+        if TEMP_RE.search(name) and os.path.isfile(path) and os.lstat(path).st_mtime <= cutoff:
             report.stray_files.append(path)
             if not dry_run:
                 os.unlink(path)
@@ -252,7 +257,7 @@ def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float,
                     continue
                 if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
                     continue
-                if name.startswith(".") and TMP_MARK in name:  # a writer killed before its rename
+                if TEMP_RE.search(name):  # a writer killed before its rename
                     report.stray_files.append(path)
                     if not dry_run:
                         os.unlink(path)
@@ -273,10 +278,9 @@ def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float,
 def main(args: Any) -> int:
     """`cnikit gc`: print the report as JSON; exit 1 if any collection failed."""
     cni_path = [p for p in (args.cni_path or os.environ.get("CNI_PATH", "")).split(os.pathsep) if p]
-    report = collect(cache_dir=args.cache_dir, cni_path=cni_path, data_dirs=args.data_dir or [DEFAULT_DATA_DIR],
+    report = collect(cache_dir=args.cache_dir, cni_path=cni_path, data_dirs=args.data_dir or [],
                      orphans=args.orphans, grace=args.grace, dry_run=args.dry_run,
-                     conf_dir=args.conf_dir or os.environ.get("NETCONFPATH") or DEFAULT_CONF_DIR,
-                     gc_verb=args.gc_verb)
+                     conf_dir=args.conf_dir or os.environ.get("NETCONFPATH", ""), gc_verb=args.gc_verb)
     print(spec.dumps(report.to_dict()))
     return 1 if report.errors else 0
 
@@ -284,11 +288,12 @@ def main(args: Any) -> int:
 def add_parser(sub: Any) -> None:
     """Register `cnikit gc` on the CLI's subparsers."""
     p = sub.add_parser("gc", help="collect leases, rules and cache entries of containers that are gone")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="libcni cache dir (default %(default)s)")
-    p.add_argument("--data-dir", action="append", help="host-local dataDir to scan for orphans (repeatable)")
+    p.add_argument("--cache-dir", default="", help="libcni cache dir (default /var/lib/cni)")
+    p.add_argument("--data-dir", action="append", help="host-local dataDir to scan for orphans (repeatable; "
+                   "default /var/lib/cni/networks)")
     p.add_argument("--cni-path", default=None, help="plugin dirs (default: $CNI_PATH)")
     p.add_argument("--conf-dir", default=None, help="network configs for orphans (default: $NETCONFPATH or "
-                   f"{DEFAULT_CONF_DIR})")
+                   "/etc/cni/net.d)")
     p.add_argument("--orphans", action="store_true", help="also free leases no cache entry accounts for, "
                    "DELing them through their network's config when it exists")
     p.add_argument("--gc-verb", action="store_true", help="also send the spec GC verb (cniVersion >= 1.1.0) "
