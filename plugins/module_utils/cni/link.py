@@ -53,7 +53,10 @@ def in_netns(path: Optional[str]) -> Iterator[None]:
     target = open_netns(path)
     origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(target)
+        try:
+            _setns(target)
+        except OSError as exc:  # it opens but is no netns (a leftover file after a reboot, a dir)
+            raise NetnsNotFound(path, exc) from None
         try:
             yield
         finally:
