@@ -128,7 +128,7 @@ def main() -> None:
     )
     p = client.params
     present = p["state"] == "present"
-    mode = client.run(lambda: int(p["mode"], 8) if isinstance(p["mode"], str) else int(p["mode"]))
+    mode = client.run(netstate.file_mode, p["mode"])
     text = client.run(netstate.render_config, p["name"], p["config"], p["cni_path"], p["validate_plugins"]) \
         if present else None
     filename = client.run(netstate.config_filename, p["name"], p["config"], p["priority"], p["filename"])

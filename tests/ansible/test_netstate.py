@@ -89,3 +89,6 @@ def test_config_file_mode_is_managed(tmp_path):
     assert not ns.ensure_config_file(path, "{}\n", 0o644).changed
     assert ns.ensure_config_file(path, "{}\n", 0o600).changed and os.stat(path).st_mode & 0o777 == 0o600
     assert ns.ensure_config_file(path, None).changed and not os.path.exists(path)
+    with pytest.raises(CNIError, match="invalid file mode 'rw'"):
+        ns.file_mode("rw")
+    assert ns.file_mode("0640") == 0o640 and ns.file_mode(420) == 0o644

@@ -644,6 +644,17 @@ def config_filename(name: str, config: Optional[Dict[str, Any]], priority: int, 
     return filename
 
 
+def file_mode(mode: Any) -> int:
+    """A file mode given as an octal string ("0644") or an int (YAML's 0644 is already 420)."""
+    try:
+        value = int(mode, 8) if isinstance(mode, str) else int(mode)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value <= 0o7777:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid file mode {mode!r}: use an octal string like '0644'")
+    return value
+
+
 def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_mode: bool = False) -> Change:
     """Write `text` to `path` atomically (tmp + rename) when it differs; None removes the file."""
     try:
