@@ -10,6 +10,7 @@ import metautil as mu
 
 @pytest.fixture
 def two_nets(netns_factory):
+    mu.reset_netfilter()  # start from empty tables, whatever an earlier test left
     a, b = (mu.add_pod(netns_factory(), mu.uid(), isDefaultGateway=True) for _ in range(2))
     yield a, b
     mu.del_pod(a)

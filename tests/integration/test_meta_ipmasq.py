@@ -12,6 +12,7 @@ from cni.spec import CNIError
 
 @pytest.fixture
 def world(netns_factory):
+    mu.reset_netfilter()  # start from empty tables, whatever an earlier test left
     pod = mu.add_pod(netns_factory(), mu.uid(), isDefaultGateway=True)
     ext = netns_factory()
     n = mu.uid() % 200

@@ -17,6 +17,7 @@ TCP80 = {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}
 
 @pytest.fixture
 def pod(netns):
+    mu.reset_netfilter()  # start from empty tables, whatever an earlier test left
     p = mu.add_pod(netns, mu.uid(), hairpinMode=True)
     yield p
     mu.del_pod(p)
