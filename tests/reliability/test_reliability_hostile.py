@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 
 import pytest
 
@@ -138,3 +139,23 @@ def test_engine_external_commands_take_argv_lists():
                         if "subprocess." in line and ("(f\"" in line or "(\"" in line or "('" in line):
                             offenders.append(f"{path}:{no}")
     assert offenders == []
+
+
+def test_launchers_never_evaluate_user_data(sandbox, tmp_path):
+    """The executables are /bin/sh launchers: user data reaches them in CNI_* variables. Every
+    expansion must be quoted and nothing evaluated: shell payloads in every variable run nothing."""
+    for name in ("bridge", "host-local", "macvlan"):
+        with open(os.path.join(cnitest.OUR_BIN, name), encoding="utf-8") as fh:
+            text = "\n".join(l for l in fh.read().splitlines() if not l.lstrip().startswith("#"))
+        assert "eval" not in text and "`" not in text
+        # every $-expansion is "$0" or "$CNI_COMMAND", inside double quotes
+        assert set(re.findall(r'"?\$\{?\w+\}?"?', text)) <= {'"$0"', '"$CNI_COMMAND"'}, text
+    marker = tmp_path / "pwned"
+    payload = f"$(touch {marker})"
+    for command in (payload, f"VERSION ] || touch {marker} || [", f"`touch {marker}`", "VERSION;touch " + str(marker)):
+        env = cnitest.cni_env(command, cid=payload, netns=payload, ifname="eth0", args=f"IgnoreUnknown=1;X={payload}",
+                              extra={"CNI_PATH": payload})
+        out = cnitest.exec_plugin(os.path.join(cnitest.OUR_BIN, "bridge"), env, b'{"cniVersion":"1.0.0","name":"n"}')
+        relutil.check_outcome(out.rc, out.stdout, out.stderr, command)
+        assert out.rc == 1 and out.code == 4, out
+    assert not marker.exists()
