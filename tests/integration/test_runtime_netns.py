@@ -161,3 +161,20 @@ def test_gc_removes_only_stale_attachments(master, netns_factory, tmp_path):
     rt.status(net)  # host-local's STATUS: the store is writable
     rt.delete(net, runtime.RuntimeConf(container_id="keep1", netns=f"/run/netns/{keep}"))
     assert leases(tmp_path / "data") == []
+
+
+def test_gc_verb_reaches_ipam_for_leases_without_cache(master, netns, tmp_path):
+    """A lease whose cache entry is lost is not DELed by the runtime (it does not know it), but the
+    spec 1.1 GC verb it sends reaches host-local (through macvlan, in-process) and frees it."""
+    rt = make_runtime(tmp_path, [cnitest.OUR_BIN])
+    net = rt.network_from_dict(mvnet(tmp_path / "data") | {"cniVersion": "1.1.0"})
+    rt.add(net, runtime.RuntimeConf(container_id="lost1", netns=f"/run/netns/{netns}"))
+    rt.add(net, runtime.RuntimeConf(container_id="kept1", netns=f"/run/netns/{netns}", ifname="eth1"))
+    os.unlink(rt.cache_path("rtnet", runtime.RuntimeConf(container_id="lost1")))
+    assert len(leases(tmp_path / "data")) == 2
+    rt.gc(net, [{"containerID": "kept1", "ifname": "eth1"}])
+    [left] = leases(tmp_path / "data")
+    with open(os.path.join(tmp_path / "data", "rtnet", left), "rb") as fh:
+        assert fh.read() == b"kept1\r\neth1"
+    rt.delete(net, runtime.RuntimeConf(container_id="kept1", netns=f"/run/netns/{netns}", ifname="eth1"))
+    assert leases(tmp_path / "data") == []
