@@ -205,3 +205,17 @@ def test_dual_stack_pod_ipv6_mapping_traffic(netns):
     finally:
         mu.del_pod(pod)
         mu.reset_netfilter()
+
+
+def test_nft_snat_variants_and_conditions(pod):
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, masqAll=True, conditionsV4=["ip saddr != 192.0.2.0/24"]))
+    assert out.rc == 0, out.stdout
+    text = mu.nft_ruleset()
+    assert "ip saddr != 192.0.2.0/24 dnat ip to" in text
+    sn = text.split("chain CNI-SN-")[1]
+    assert "masquerade" in sn and "saddr" not in sn.split("}")[0]  # masqAll: every DNATed source
+    assert mu.run_chain("portmap", "ADD", pod, pm(pod, snat=False)).rc == 0  # repeated ADD, no SNAT
+    text = mu.nft_ruleset()
+    assert "CNI-SN-" not in text and f"{pod.ip} : jump" not in text
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, conditionsV4=['ip saddr 1.2.3.4; flush ruleset']))
+    assert out.rc == 1 and out.code == 7  # nft syntax is checked, no injection into the batch
