@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -106,6 +107,7 @@ def http_server(netns: str, port: int, body: str) -> Iterator[None]:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def fetch(url: str, netns: Optional[str] = None, timeout: float = 3.0) -> str:
