@@ -58,9 +58,9 @@ def _call(flavour: str, command: str, conf: dict, cid: str, ifname: str) -> cnit
 def test_parallel_add_del_mixed_go_and_ours(sandbox, tmp_path):
     datadir = str(tmp_path / "data")
     rnd = random.Random(8)
-    # half Go executables, a quarter our executables, a quarter ours in-process (threads: each
-    # call opens its own lock descriptor, so flock serialises them like processes)
-    flavours = ["go", "go", "exec", "inproc"]
+    # half Go executables, an eighth our executables, the rest ours in-process (threads: each call
+    # opens its own lock descriptor, so flock serialises them like processes)
+    flavours = ["go"] * 4 + ["exec"] + ["inproc"] * 3
     jobs = []
     for i in range(CONTAINERS):
         net = NETWORKS[i % len(NETWORKS)]
