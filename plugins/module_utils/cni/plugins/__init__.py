@@ -33,18 +33,22 @@ class Plugin:
         raise CNIError(spec.ERR_INTERNAL, f"{self.name}: DEL not implemented")
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
-        if ipam.ipam_type(conf):
-            ipam.delegate("GC", ctx, conf)
+        self._forward_to_ipam("GC", ctx, conf)
 
     def status(self, ctx: skel.Context, conf: Conf) -> None:
-        if ipam.ipam_type(conf):
-            ipam.delegate("STATUS", ctx, conf)
+        self._forward_to_ipam("STATUS", ctx, conf)
+
+    def _forward_to_ipam(self, command: str, ctx: skel.Context, conf: Conf) -> None:
+        # An IPAM plugin sees its own type under `ipam`: forwarding would call itself forever.
+        ptype = ipam.ipam_type(conf)
+        if ptype and ptype != self.name:
+            ipam.delegate(command, ctx, conf)
 
 
 def prev_result(conf: Conf, required: bool = True) -> Optional[Result]:
     prev = conf.get("prevResult")
     if prev is None and required:
-        raise CNIError(spec.ERR_INVALID_CONFIG, f"must be called as chained plugin (missing prevResult)")
+        raise CNIError(spec.ERR_INVALID_CONFIG, "must be called as chained plugin (missing prevResult)")
     return prev
 
 
