@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -132,8 +133,18 @@ def test_lab_status_and_down_leave_nothing(lab_state):
     pid = state["nodes"][1]["pid"]
     lab.run_in(pid, ["ip", "netns", "add", "p"])
     subprocess.Popen(lab.nsenter(pid, ["ip", "netns", "exec", "p", "sleep", "300"]), start_new_session=True)
+    deadline = time.monotonic() + 20
+    pod = []
+    while not pod and time.monotonic() < deadline:  # wait until it really runs in the pod
+        pod = lab.run_in(pid, ["ip", "netns", "pids", "p"], check=False).stdout.split()
+        time.sleep(0.05)
+    assert pod, "the pod process never started"
     lab.down(state_path)
     assert lab.status(state_path) == []
     assert all(not os.path.exists(f"/proc/{n['pid']}") for n in state["nodes"])
-    left = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True).stdout.split()
-    assert left == []
+    assert not os.path.exists(f"/proc/{pod[0]}") or _zombie(pod[0])
+
+
+def _zombie(pid):
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
