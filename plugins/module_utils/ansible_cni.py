@@ -7,30 +7,21 @@ engine call, turns engine errors into fail_json with their CNI code, and adds th
 from __future__ import annotations
 
 import traceback
+from typing import TYPE_CHECKING
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.cnikit.cni.plugins.module_utils.cni.spec import CNIError
 
 
-def ship_engine_plugins() -> None:
-    """Import the engine's built-in plugins (as listed in cni/registry.py).
-
-    The runtime loads a plugin by its type name (importlib), which AnsiballZ cannot follow; these
-    literal imports are what makes it pack them into the module. Imports nested in a function are
-    optional to AnsiballZ, and a plugin the engine does not have yet is simply not packed.
-    """
-    # pylint: disable=unused-import,import-outside-toplevel
-    try:
-        from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins import (  # noqa: F401
-            bandwidth, bridge, dummy, firewall, host_device, ipvlan, loopback, macvlan, portmap, ptp, sbr, tap,
-            tuning, vlan)
-    except ImportError:
-        pass
-    try:
-        from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401
-    except ImportError:
-        pass
+# The runtime loads a built-in plugin by its type name (importlib, see cni/registry.py), which AnsiballZ
+# cannot follow. These imports are never executed; they only make AnsiballZ pack every plugin into the
+# modules that use this client (an import below module level is optional to AnsiballZ, so a plugin the
+# engine does not have is simply not packed). tests/ansible/test_client.py keeps the list = the registry.
+if TYPE_CHECKING:
+    from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins import (  # noqa: F401 pylint: disable=unused-import
+        bandwidth, bridge, dummy, firewall, host_device, ipvlan, loopback, macvlan, portmap, ptp, sbr, tap, tuning, vlan)
+    from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
 
 
 class CNIModule:

@@ -151,7 +151,7 @@ reattached:
   type: str
 """
 
-from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule, ship_engine_plugins
+from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
 from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate, runtime
 
 
@@ -176,7 +176,6 @@ def main() -> None:
         required_if=[("state", "present", ("container_id", "netns")), ("state", "checked", ("container_id", "netns")),
                      ("state", "absent", ("container_id",))],
     )
-    ship_engine_plugins()
     p = client.params
     rtm = runtime.Runtime(conf_dir=p["conf_dir"], cni_path=p["cni_path"], cache_dir=p["cache_dir"])
     net = client.run(lambda: rtm.network_from_dict(p["config"]) if p["config"] else rtm.load_network(p["name"]))
