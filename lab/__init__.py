@@ -199,11 +199,13 @@ def down(path: Optional[str] = None) -> int:
     deadline = time.monotonic() + 5
     while victims and time.monotonic() < deadline:
         for pid in list(victims):
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap our own children
-            except ChildProcessError:
-                pass
-            if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
+            if not os.path.exists(f"/proc/{pid}"):
+                victims.discard(pid)
+            elif _is_zombie(pid):
+                try:  # our own child (we started the holders): reap it
+                    os.waitpid(pid, 0)
+                except ChildProcessError:  # someone else's: its parent reaps it
+                    pass
                 victims.discard(pid)
         time.sleep(0.02)
     try:
