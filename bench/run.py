@@ -541,6 +541,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             json.dump(data, fh)
         return 0
     raw: Dict[str, Dict[str, Any]] = {}
+    load_start = os.getloadavg()
     for case in args.cases.split(","):
         started = time.monotonic()
         if case == "6":  # one sandbox per flavour
@@ -553,7 +554,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raw[case] = in_child_sandbox(case, flavours, args.cycles)
         print(f"case {case} done in {time.monotonic() - started:.0f} s", file=sys.stderr)
     rows = summarise(raw)
-    info = machine()
+    info = dict(machine(), loadavg_start=load_start)
     text = table(rows)
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
@@ -563,6 +564,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"results: {os.path.relpath(out, ROOT)}")
     if not args.no_docs:
         update_doc(text, f"{info['time']}, commit {info['commit']}, {info['cpus']} CPUs, "
+                         f"load average {load_start[0]:.1f} at the start and {info['loadavg'][0]:.1f} at the end, "
                          f"{args.cycles} cycles/case, results `{os.path.relpath(out, ROOT)}`")
     return 0
 
