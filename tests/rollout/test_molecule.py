@@ -16,7 +16,9 @@ def test_molecule_default_scenario(tmp_path, sandbox):
     engine = play.engine_snapshot()
     env = play.env({"CNIKIT_LAB_STATE": str(tmp_path / "molecule-lab.json"), "CNIKIT_ENGINE_SRC": engine,
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                    "MOLECULE_NO_LOG": "false"})
+                    "MOLECULE_NO_LOG": "false",
+                    # molecule's own state ("created") private to this run, not shared via ~/.ansible
+                    "MOLECULE_EPHEMERAL_DIRECTORY": str(tmp_path / "molecule")})
     try:
         proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "molecule"), "test"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)
