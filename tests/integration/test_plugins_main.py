@@ -3,6 +3,7 @@ addresses, routes, sysctls, MTU, and that a failed ADD or a DEL leaves nothing b
 (Differences from the Go plugins are in tests/differential; ipvlan/vlan/dummy in test_plugins_netlink.)"""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -150,18 +151,27 @@ def hostdev():
     cnitest.sh("ip link del hd0", check=False)
 
 
-def test_host_device_kernelpath(netns, hostdev):
-    """kernelpath names the parent device dir; its net/ lists the netdevs (the first one is taken:
-    /sys/devices/virtual/net holds hd0, hd0p, lo here)."""
-    assert sorted(os.listdir("/sys/devices/virtual/net"))[0] == "hd0"
+def test_host_device_kernelpath(netns_factory):
+    """kernelpath names the parent device dir; its net/ lists the netdevs and the first one is taken.
+    Run in a fresh "node" netns through `ip netns exec` (which mounts that netns's sysfs), so that
+    /sys/devices/virtual/net holds exactly hd0, hd0p and lo whatever other tests left elsewhere."""
+    node, pod = netns_factory("hn"), netns_factory("hp")
+    cnitest.sh(f"ip -n {node} link add hd0 address 02:00:00:00:08:01 type veth peer name hd0p")
     conf = {"cniVersion": "1.0.0", "name": "hd", "type": "host-device", "kernelpath": "/sys/devices/virtual"}
-    out = cnitest.run("host-device", "ADD", conf, netns=f"/run/netns/{netns}", ifname="net1")
+
+    def run(command):
+        env = cnitest.cni_env(command, netns=f"/run/netns/{pod}", ifname="net1", path=cnitest.OUR_BIN)
+        proc = subprocess.run(["ip", "netns", "exec", node, os.path.join(cnitest.OUR_BIN, "host-device")],
+                              input=json.dumps(conf).encode(), env=env, capture_output=True, check=False)
+        return cnitest.Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    out = run("ADD")
     assert out.rc == 0, out.stdout
-    dev = cnitest.ip_json("link show net1", netns)[0]
+    dev = cnitest.ip_json("link show net1", pod)[0]
     assert dev["ifalias"] == "hd0" and dev["address"] == "02:00:00:00:08:01" and "UP" in dev["flags"]
-    assert "hd0" not in links()
-    assert cnitest.run("host-device", "DEL", conf, netns=f"/run/netns/{netns}", ifname="net1").rc == 0
-    assert "hd0" in links() and links(netns) == ["lo"]
+    assert "hd0" not in links(node)
+    assert run("DEL").rc == 0
+    assert "hd0" in links(node) and links(pod) == ["lo"]
 
 
 @pytest.mark.parametrize("driver,moved", [("virtio-pci", True), ("vfio-pci", False)])
