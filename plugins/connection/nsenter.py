@@ -110,7 +110,7 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
         with open(to_bytes(in_path), "rb") as src:
             proc = subprocess.run(self._argv(["/bin/sh", "-c", f"cat > {shlex.quote(out_path)}"]),
-                                  stdin=src, capture_output=True)
+                                  stdin=src, capture_output=True, check=False)
         if proc.returncode != 0:
             raise AnsibleError(f"failed to write {out_path} on the node: {to_text(proc.stderr)}")
 
@@ -118,7 +118,7 @@ class Connection(ConnectionBase):
         super().fetch_file(in_path, out_path)
         self._connect()
         with open(to_bytes(out_path), "wb") as dst:
-            proc = subprocess.run(self._argv(["cat", in_path]), stdout=dst, stderr=subprocess.PIPE)
+            proc = subprocess.run(self._argv(["cat", in_path]), stdout=dst, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise AnsibleError(f"failed to read {in_path} on the node: {to_text(proc.stderr)}")
 

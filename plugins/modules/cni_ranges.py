@@ -19,6 +19,8 @@ description:
     before any node is changed.
 version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
+extends_documentation_fragment:
+  - cnikit.cni.attributes
 attributes:
   check_mode:
     support: full

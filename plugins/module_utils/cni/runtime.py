@@ -373,7 +373,8 @@ class Runtime:
                 except CNIError as cleanup:
                     failure.details = "; ".join(x for x in (failure.details, f"cleanup: {cleanup}") if x)
                 raise failure from None
-        assert result is not None  # the list has at least one plugin
+        if result is None:  # a validated list has at least one plugin; never emit an empty result
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"network {net.name!r} has no plugins")
         out = spec.result_to_dict(result, net.cni_version)
         faults.point("runtime.before_cache_write")
         self._cache_write(net, rt, out)

@@ -24,6 +24,7 @@ from cni import main, registry  # noqa: E402
 
 wanted = [n for n in (names.split(",") if names else registry.PLUGINS) if n and n not in exclude.split(",")]
 
+
 def same(a, b):
     try:
         with open(a, "rb") as fa, open(b, "rb") as fb:
@@ -52,7 +53,7 @@ for name in sorted(os.listdir(dest)) if os.path.isdir(dest) else []:
         continue
     try:
         proc = subprocess.run([path], env={"CNI_COMMAND": "VERSION", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20, check=False)
         ok = proc.returncode == 0 and "supportedVersions" in json.loads(proc.stdout or b"{}")
     except (OSError, ValueError, subprocess.TimeoutExpired):
         ok = False
