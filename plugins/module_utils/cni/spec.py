@@ -130,6 +130,18 @@ def load_netconf(data: bytes | str) -> Dict[str, Any]:
     return conf
 
 
+def valid_attachments(conf: Dict[str, Any]) -> set[Tuple[str, str]]:
+    """GC's keep-list as (containerID, ifname); libcni sends both the current and the pre-1.1 key."""
+    raw = conf.get("cni.dev/valid-attachments")
+    if raw is None:
+        raw = conf.get("cni.dev/attachments")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+        raise CNIError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
+    return {(str(a.get("containerID", "")).strip(), str(a.get("ifname", ""))) for a in raw}
+
+
 def get_bool(conf: Dict[str, Any], key: str, default: bool = False) -> bool:
     """libcni-style boolean: true/false or the strings "true"/"false" in any case."""
     val = conf.get(key, default)

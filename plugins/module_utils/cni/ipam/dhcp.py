@@ -401,10 +401,8 @@ class Dhcp(Plugin):
 
     def gc(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
         """Release every recorded lease of this network whose attachment is not listed."""
-        from .host_local import valid_attachments  # noqa: PLC0415 - the keep-list is shared
-
         spec.validate_name(conf["name"])
-        keep = valid_attachments(conf)
+        keep = spec.valid_attachments(conf)
         netdir = os.path.join(LEASE_DIR, conf["name"])
         for name in sorted(os.listdir(netdir)) if os.path.isdir(netdir) else []:
             cid, sep, ifname = name[:-len(".json")].partition(":") if name.endswith(".json") else ("", "", "")

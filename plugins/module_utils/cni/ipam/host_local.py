@@ -339,18 +339,6 @@ def first_free(store: Store, rs: RangeSet) -> Optional[IPAddr]:
     return next((ip for ip, _ in rs.candidates(None) if not store.exists(ip)), None)
 
 
-def valid_attachments(conf: Dict[str, Any]) -> set[Tuple[str, str]]:
-    """GC's keep-list; libcni sends both the current and the pre-1.1 key."""
-    raw = conf.get("cni.dev/valid-attachments")
-    if raw is None:
-        raw = conf.get("cni.dev/attachments")
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
-        raise CNIError(spec.ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
-    return {(str(a.get("containerID", "")).strip(), str(a.get("ifname", ""))) for a in raw}
-
-
 class HostLocal(Plugin):
     name = "host-local"
 
@@ -405,7 +393,7 @@ class HostLocal(Plugin):
         are kept while their container ID is). Unreadable or torn leases have no valid owner;
         temp files of killed writers go too."""
         ipam = load_config(conf, ctx)
-        keep = valid_attachments(conf)
+        keep = spec.valid_attachments(conf)
         keep_cids = {cid for cid, _ in keep}
         store = Store(ipam.name, ipam.data_dir)
         with store.locked():

@@ -45,6 +45,15 @@ class Plugin:
             ipam.delegate(command, ctx, conf)
 
 
+def gc_masquerade(conf: Conf) -> None:
+    """GC step of the plugins with ipMasq (bridge, ptp): drop masquerade rules of gone containers."""
+    from .. import netfilter  # noqa: PLC0415 - only GC needs it
+
+    if conf_field(conf, "ipMasq", bool, False):
+        keep = {cid for cid, _ in spec.valid_attachments(conf)}
+        netfilter.gc_ipmasq(conf["name"], keep, conf_field(conf, "ipMasqBackend", str, None))
+
+
 def prev_result(conf: Conf, required: bool = True) -> Optional[Result]:
     prev = conf.get("prevResult")
     if prev is None and required:

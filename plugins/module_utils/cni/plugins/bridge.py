@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from . import Conf, Plugin, Result, conf_field, gc_masquerade, prev_result
 
 OPER_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # Go: how long the host veth may take to come up
 
@@ -162,6 +162,10 @@ class Bridge(Plugin):
             netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, n["backend"])
 
     # --- CHECK -----------------------------------------------------------------------------
+
+    def gc(self, ctx: skel.Context, conf: Conf) -> None:
+        gc_masquerade(conf)
+        super().gc(ctx, conf)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         n = self.load(ctx, conf)

@@ -438,7 +438,7 @@ class Portmap(Plugin):
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
         """Spec 1.1 GC: drop the mappings of this network's containers that are not valid attachments."""
         s = settings(conf, ctx.ifname)
-        valid = {a.get("containerID") for a in conf.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+        valid = {cid for cid, _ in spec.valid_attachments(conf)}
         if s.backend == netfilter.NFTABLES:
             owners = set(nft.chain_owners(f"inet {NFT_TABLE}").values())
         else:

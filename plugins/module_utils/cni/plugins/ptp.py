@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field
+from . import Conf, Plugin, Result, conf_field, gc_masquerade
 from .single import check_prelude
 
 
@@ -93,6 +93,10 @@ class Ptp(Plugin):
         if masq:
             # Go skips this when the netns/link is gone and leaks the chain; we remove it anyway
             netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, backend)
+
+    def gc(self, ctx: skel.Context, conf: Conf) -> None:
+        gc_masquerade(conf)
+        super().gc(ctx, conf)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         conf_field(conf, "mtu", int, 0)
