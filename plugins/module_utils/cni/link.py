@@ -330,6 +330,19 @@ def delete_link(ipr: Any, name: str) -> Optional[List[str]]:
     return [a for a in addrs if is_global_unicast(ipaddress.ip_interface(a).ip)]
 
 
+def delete_link_in_netns(netns: str, name: str) -> Optional[List[str]]:
+    """delete_link inside the netns at `netns`; None when the netns or the link is already gone
+    (DEL and undo treat both as done)."""
+    if not netns:
+        return None
+    try:
+        with in_netns(netns):
+            with iproute() as ipr:
+                return delete_link(ipr, name)
+    except NetnsNotFound:
+        return None
+
+
 def is_global_unicast(ip: Any) -> bool:
     """Go net.IP.IsGlobalUnicast (private ranges count; link-local, loopback, multicast do not)."""
     return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local

@@ -125,9 +125,7 @@ class Bridge(Plugin):
         """Take back a failed ADD: the veth pair (deleting one end deletes both), IPAM, masquerade.
         The bridge stays, as in Go: other containers may already use it."""
         try:
-            with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
-                    link.delete_link(cipr, ctx.ifname)
+            link.delete_link_in_netns(ctx.netns, ctx.ifname)
         except CNIError:
             pass
         try:
@@ -145,14 +143,7 @@ class Bridge(Plugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         n = self.load(ctx, conf)
         l3 = bool(ipam.ipam_type(conf))
-        addrs: Optional[List[str]] = None
-        if ctx.netns:
-            try:
-                with link.in_netns(ctx.netns):
-                    with link.iproute() as cipr:
-                        addrs = link.delete_link(cipr, ctx.ifname)
-            except link.NetnsNotFound:
-                addrs = None
+        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname)
         if l3:
             ipam.delegate("DEL", ctx, conf)  # after the link, like v1.1.1 (plugins#666)
         if n["macspoofchk"]:
@@ -161,11 +152,11 @@ class Bridge(Plugin):
             # addresses unknown (netns or link already gone): remove whatever is the container's
             netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, n["backend"])
 
-    # --- CHECK -----------------------------------------------------------------------------
-
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
         gc_masquerade(conf)
         super().gc(ctx, conf)
+
+    # --- CHECK -----------------------------------------------------------------------------
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         n = self.load(ctx, conf)

@@ -69,9 +69,7 @@ class Ptp(Plugin):
     def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool, masq_done: bool, backend: object) -> None:
         try:
             if veth_made:
-                with link.in_netns(ctx.netns):
-                    with link.iproute() as cipr:
-                        link.delete_link(cipr, ctx.ifname)
+                link.delete_link_in_netns(ctx.netns, ctx.ifname)
             if masq_done:
                 netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, backend)  # type: ignore[arg-type]
             ipam.delegate("DEL", ctx, conf)
@@ -82,14 +80,7 @@ class Ptp(Plugin):
         masq = conf_field(conf, "ipMasq", bool, False)
         backend = conf_field(conf, "ipMasqBackend", str, None)
         ipam.delegate("DEL", ctx, conf)  # IPAM first, like v1.1.1 ptp
-        addrs = None
-        if ctx.netns:
-            try:
-                with link.in_netns(ctx.netns):
-                    with link.iproute() as cipr:
-                        addrs = link.delete_link(cipr, ctx.ifname)
-            except link.NetnsNotFound:
-                addrs = None
+        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname)
         if masq:
             # Go skips this when the netns/link is gone and leaks the chain; we remove it anyway
             netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, backend)

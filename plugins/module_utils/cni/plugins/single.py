@@ -59,9 +59,7 @@ class SingleLinkPlugin(Plugin):
     def undo(self, ctx: skel.Context, conf: Conf, ipam_done: bool) -> None:
         """A failed ADD leaves nothing: the link goes, and the IPAM reservation if one was made."""
         try:
-            with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
-                    link.delete_link(cipr, ctx.ifname)
+            link.delete_link_in_netns(ctx.netns, ctx.ifname)
         finally:
             if ipam_done:
                 try:
@@ -77,14 +75,7 @@ class SingleLinkPlugin(Plugin):
         if ipam.ipam_type(conf):
             ipam.delegate("DEL", ctx, conf)
         faults.point(f"{self.name}.del_after_ipam")
-        if not ctx.netns:
-            return
-        try:
-            with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
-                    link.delete_link(cipr, ctx.ifname)
-        except link.NetnsNotFound:
-            return  # the container is gone, and its link with it
+        link.delete_link_in_netns(ctx.netns, ctx.ifname)  # a gone netns took its link with it
 
     def check_link(self, cipr: Any, cont: Dict[str, Any], kind: str, what: str,
                    validate: Optional[Callable[[link.Iface], None]] = None) -> link.Iface:
