@@ -9,9 +9,13 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all venv plugins test unit demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test unit demo bench lint sanity sanity-venvs clean
 
 all: plugins
+
+# Debian packages (Go reference plugins, podman, containerd, busybox, nft/iptables, dnsmasq), when missing.
+deps:
+	tools/install-deps.sh
 
 venv: $(VENV)/.stamp
 
@@ -43,13 +47,13 @@ lint: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_packaging.py -k lint $(PYTEST_ARGS)
 
 # The whole suite, inside the sandbox.
-test: venv plugins sanity-venvs
+test: deps venv plugins sanity-venvs
 	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
-demo: venv plugins
+demo: deps venv plugins
 	tools/sandbox.sh $(PY) -m tools.demo
 
-bench: venv plugins
+bench: deps venv plugins
 	tools/sandbox.sh $(PY) -m bench.run
 
 clean:

@@ -1,0 +1,11 @@
+#!/bin/bash
+# Install the Debian packages the demo and the tests need, only those missing (root; apt-get update once).
+set -euo pipefail
+PKGS="containernetworking-plugins podman containerd busybox-static iptables nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+[ -z "$missing" ] && exit 0
+echo "installing Debian packages:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing
