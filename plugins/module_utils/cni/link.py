@@ -509,6 +509,16 @@ def current_netns_fd() -> int:
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
+def mac_arg(text: str, code: int = spec.ERR_INTERNAL) -> Optional[str]:
+    """A MAC from config/args ("" = none), parsed like Go; a bad one fails with Go's plugin message."""
+    if not text:
+        return None
+    try:
+        return parse_mac(text)
+    except ValueError as exc:
+        raise CNIError(code, f"invalid args {text} for MAC addr: {exc}") from None
+
+
 def parse_mac(text: str) -> str:
     """Go net.ParseMAC for 6-byte addresses (colon, dash or dotted form), as lowercase colon form;
     ValueError carries Go's message."""

@@ -8,7 +8,7 @@ netns is gone (Go 1.1.1 fails with "Link not found" there, plugins#953).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from .. import link, skel
 from . import Conf, Result, conf_field
@@ -49,12 +49,7 @@ class Macvlan(SingleLinkPlugin):
             fd = link.open_netns(ctx.netns)
             try:
                 mode = mode_of(conf)
-                mac: Optional[str] = None
-                if n["mac"]:
-                    try:
-                        mac = link.parse_mac(n["mac"])
-                    except ValueError as exc:
-                        raise link.fail(f"invalid args {n['mac']} for MAC addr: {exc}") from None
+                mac = link.mac_arg(n["mac"])
                 made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "macvlan", "macvlan", mtu=n["mtu"],
                                             mac=mac, link=n["master_index"], macvlan_mode=mode)
             finally:

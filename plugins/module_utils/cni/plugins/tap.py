@@ -7,7 +7,7 @@ selinuxContext is refused with code 2 (no SELinux support here).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from .. import link, skel, spec
 from ..spec import CNIError
@@ -39,12 +39,7 @@ class Tap(SingleLinkPlugin):
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(ctx, conf)
-        mac: Optional[str] = None
-        if n["mac"]:
-            try:
-                mac = link.parse_mac(n["mac"])
-            except ValueError as exc:
-                raise link.fail(f"invalid args {n['mac']} for MAC addr: {exc}") from None
+        mac = link.mac_arg(n["mac"])
         tmp = link.random_veth_name()
         with link.in_netns(ctx.netns):
             with link.iproute() as cipr:

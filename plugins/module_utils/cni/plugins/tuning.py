@@ -54,11 +54,7 @@ class Tuning(Plugin):
                     s[key] = cni_args[key]
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in sysctl.items()):
             raise CNIError(spec.ERR_INVALID_CONFIG, "sysctl keys and values must be strings")
-        if s["mac"]:
-            try:
-                s["mac"] = link.parse_mac(s["mac"])
-            except ValueError as exc:
-                raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid args {s['mac']} for MAC addr: {exc}") from None
+        s["mac"] = link.mac_arg(s["mac"], spec.ERR_INVALID_CONFIG) or s["mac"]
         if not isinstance(s["mtu"], int) or isinstance(s["mtu"], bool) or s["mtu"] < 0:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid mtu {s['mtu']!r}")
         if ".." in s["dataDir"].split("/"):
