@@ -73,6 +73,11 @@ def test_bad_ifname_is_code_4(ifname):
     assert code_of(run(env(CNI_IFNAME=ifname), CONF)) == 4
 
 
+def test_ifname_not_utf8_is_code_4():
+    res = run(env(CNI_IFNAME="eth\udcff"), CONF)
+    assert code_of(res) == 4 and "UTF-8" in json.loads(res[1])["msg"]
+
+
 def test_ifname_15_bytes_ok():
     assert run(env(CNI_IFNAME="a" * 15), CONF)[0] == 0
 

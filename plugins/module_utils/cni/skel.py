@@ -61,6 +61,10 @@ def validate_ifname(name: str) -> None:
                        f"interface name should be less than {MAX_IFNAME + 1} characters")
     if name in (".", ".."):
         raise CNIError(spec.ERR_INVALID_ENV, "interface name is . or ..")
+    try:  # bytes that are not UTF-8 arrive as surrogates; every later use (store, netlink) needs text
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CNIError(spec.ERR_INVALID_ENV, "interface name is not valid UTF-8") from None
     for ch in name:
         if ch in "/:" or ch.isspace() or ch == "\0":
             raise CNIError(spec.ERR_INVALID_ENV, "interface name contains / or : or whitespace characters")
