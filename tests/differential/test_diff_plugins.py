@@ -285,3 +285,15 @@ def test_loopback_passes_prev_result(worlds):
     add = step(go, ours, "loopback", "ADD", conf)
     assert_same(add)
     assert add.ours.json == prev
+
+
+@pytest.mark.parametrize("master", ["../../etc/passwd", "a" * 16])
+def test_macvlan_master_name_too_long(worlds, master):
+    """A master name the kernel cannot hold (over IFNAMSIZ: the kernel answers ERANGE, not ENODEV)
+    is an ordinary lookup failure, as in Go, never a crash."""
+    go, ours = worlds
+    conf = dict(mv_conf(), master=master)
+    res = step(go, ours, "macvlan", "ADD", conf)
+    assert res.go.rc == res.ours.rc == 1
+    assert res.ours.json["msg"] == res.go.json["msg"]
+    assert "Traceback" not in res.ours.stderr

@@ -20,9 +20,11 @@ import relutil
 from cni import registry, skel, spec
 
 # Figures for docs/reliability.md; each test asserts it really ran this many examples.
-N_SKEL = 3000
-N_PLUGIN = 420  # per plugin (17 plugins: 7,140)
-N_EXEC = 10  # per plugin
+# CNIKIT_FUZZ_SCALE multiplies them for a deeper run than CI's (e.g. 20 before a release).
+SCALE = int(os.environ.get("CNIKIT_FUZZ_SCALE", "1"))
+N_SKEL = 3000 * SCALE
+N_PLUGIN = 420 * SCALE  # per plugin (17 plugins: 7,140)
+N_EXEC = 10 * SCALE  # per plugin
 
 SETTINGS = dict(deadline=None, database=None, derandomize=False, print_blob=True,
                 suppress_health_check=list(HealthCheck))

@@ -188,6 +188,9 @@ def get_link(ipr: Any, name: Optional[str] = None, index: Optional[int] = None) 
         # by name, EINVAL (a name the kernel cannot hold) is "not found" too, as with Go LinkByName
         if is_enodev(exc) or (index is None and netlink_error_code(exc) == errno.EINVAL):
             return None
+        if netlink_error_code(exc) is not None:
+            # any other refusal (ERANGE for a name over IFNAMSIZ) is Go's bare errno text
+            raise fail(errstr(exc)) from None
         raise
 
 
