@@ -1,4 +1,12 @@
-"""nftables backend: `nft -f -` batches (atomic) for changes, `nft -j` for reads.
+"""nftables backend: one atomic batch per change, in-process through libnftables.
+
+The official binding (Debian `python3-nftables`, module `nftables`: ctypes over libnftables.so.1)
+is used when it loads; it is a pure-Python file, so when the running interpreter cannot import it
+(our venv is another Python than the system's) it is loaded from the system's dist-packages by
+path. Without the binding or the library every command goes to the `nft` executable instead, with
+the same text and the same effects (`CNIKIT_NFT_EXEC=1` forces that path). A libnftables context
+holds a netlink socket bound to the network namespace it was made in, so each thread keeps one
+context per namespace (the agent serves requests in threads, and a thread may move by setns).
 
 ipMasq lives in one table, `inet cnikit_masq`: a postrouting chain does one verdict-map lookup
 on the source address (`src4`/`src6`: ip -> jump <per-container chain>), and each (network,
@@ -9,25 +17,91 @@ longer knows the addresses (DEL after the netns is gone).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import subprocess
-from typing import Any, Dict, Iterable, List, Optional
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .. import spec
 from ..spec import CNIError
 from . import chain_name, owner_comment, parse_owner
 
 NFT = "nft"
+FORCE_EXEC_ENV = "CNIKIT_NFT_EXEC"
+SYSTEM_BINDING = "/usr/lib/python3/dist-packages/nftables/nftables.py"
 MASQ_TABLE = "cnikit_masq"
 MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 
+_binding: List[Any] = []  # [Nftables class or None], filled on first use
+_binding_lock = threading.Lock()
+_local = threading.local()
 
-def _exec(args: List[str], data: Optional[str] = None) -> subprocess.CompletedProcess:
+
+def _nftables_class() -> Any:
+    """The binding's Nftables class, None when neither it nor libnftables can be loaded."""
+    with _binding_lock:
+        if not _binding:
+            _binding.append(_load_binding())
+        return _binding[0]
+
+
+def _load_binding() -> Any:
     try:
-        return subprocess.run([NFT, *args], input=data, capture_output=True, text=True, check=False)
+        from nftables import Nftables  # noqa: PLC0415 - lazy: only when nftables is used
+        return Nftables
+    except ImportError:
+        pass
+    try:
+        found = importlib.util.spec_from_file_location("cnikit_system_nftables", SYSTEM_BINDING)
+        if found is None or found.loader is None:
+            return None
+        module = importlib.util.module_from_spec(found)
+        found.loader.exec_module(module)
+        return module.Nftables
+    except (OSError, ImportError, SyntaxError):
+        return None
+
+
+def _context() -> Any:
+    """This thread's libnftables context for the namespace it is in now; None = use `nft`."""
+    if os.environ.get(FORCE_EXEC_ENV):
+        return None
+    cls = _nftables_class()
+    if cls is None:
+        return None
+    st = os.stat("/proc/thread-self/ns/net")
+    netns = (st.st_dev, st.st_ino)
+    if getattr(_local, "netns", None) != netns:
+        try:
+            ctx = cls()
+        except OSError:  # the binding is there but libnftables.so.1 is not
+            with _binding_lock:
+                _binding[:] = [None]
+            return None
+        ctx.set_json_output(False)
+        _local.ctx, _local.netns = ctx, netns
+    return _local.ctx
+
+
+def command(text: str, as_json: bool = False) -> Tuple[int, str, str]:
+    """Run nft commands (one line or a whole batch, applied as one transaction): (rc, stdout, stderr).
+    `as_json` is for one read command (list ...)."""
+    ctx = _context()
+    if ctx is not None:
+        ctx.set_json_output(as_json)
+        rc, out, err = ctx.cmd(text)
+        return (0 if rc == 0 else 1), out, err
+    try:
+        # `nft -j -f -` prints no listing (nft 1.0.6), so a JSON read goes on the command line
+        args = ["-j", *text.split()] if as_json else ["-f", "-"]
+        proc = subprocess.run([NFT, *args], input=None if as_json else text,
+                              capture_output=True, text=True, check=False)
     except OSError as exc:
         raise CNIError(spec.ERR_INTERNAL, f"cannot run {NFT}: {exc.strerror}") from None
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def run(lines: Iterable[str]) -> None:
@@ -39,25 +113,25 @@ def run(lines: Iterable[str]) -> None:
 
 def try_run(lines: Iterable[str]) -> Optional[str]:
     """Apply one atomic batch; return nft's error text, None on success."""
-    proc = _exec(["-f", "-"], "\n".join(lines) + "\n")
-    return None if proc.returncode == 0 else proc.stderr.strip()
+    rc, _, err = command("\n".join(lines) + "\n")
+    return None if rc == 0 else err.strip()
 
 
 def list_json(*what: str) -> Optional[List[Dict[str, Any]]]:
     """`nft -j list <what>` as a list of objects; None when the object does not exist."""
-    proc = _exec(["-j", "list", *what])
-    if proc.returncode != 0:
-        if "No such file or directory" in proc.stderr:
+    rc, out, err = command("list " + " ".join(what), as_json=True)
+    if rc != 0:
+        if "No such file or directory" in err:
             return None
-        raise CNIError(spec.ERR_INTERNAL, f"nft list {' '.join(what)} failed", proc.stderr.strip())
-    return json.loads(proc.stdout).get("nftables", [])
+        raise CNIError(spec.ERR_INTERNAL, f"nft list {' '.join(what)} failed", err.strip())
+    return json.loads(out).get("nftables", []) if out.strip() else []
 
 
 def element_target(table: str, map_name: str, key: str) -> Optional[str]:
     """The chain a verdict-map element jumps to, None if there is no such element. (`nft -j get
     element` prints plain text in nft 1.0.6, so the text form is read.)"""
-    proc = _exec(["get", "element", *table.split(), map_name, f"{{ {key} }}"])
-    found = re.search(r":\s*(?:jump|goto)\s+([\w.-]+)", proc.stdout) if proc.returncode == 0 else None
+    rc, out, _ = command(f"get element {table} {map_name} {{ {key} }}")
+    found = re.search(r":\s*(?:jump|goto)\s+([\w.-]+)", out) if rc == 0 else None
     return found.group(1) if found else None
 
 
@@ -65,10 +139,10 @@ def chain_owners(table: str) -> Dict[str, tuple]:
     """chain name -> (network, container ID) from the chain comments of `table` ("inet name").
     Read from the text listing: nft 1.0.6's JSON leaves chain comments out."""
     family, name = table.split()
-    proc = _exec(["list", "chains", family])
+    rc, listing, _ = command(f"list chains {family}")
     out: Dict[str, tuple] = {}
     current = None
-    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+    for line in listing.splitlines() if rc == 0 else []:
         words = line.split()
         if words[:1] == ["table"]:
             current = words[2] if len(words) > 2 else None
@@ -82,7 +156,7 @@ def chain_owners(table: str) -> Dict[str, tuple]:
 
 
 def has_element(table: str, set_name: str, key: str) -> bool:
-    return _exec(["get", "element", *table.split(), set_name, f"{{ {key} }}"]).returncode == 0
+    return command(f"get element {table} {set_name} {{ {key} }}")[0] == 0
 
 
 def rules(objs: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
