@@ -1,7 +1,7 @@
 #!/bin/bash
 # Install the Debian packages the demo and the tests need, only those missing (root; apt-get update once).
 set -euo pipefail
-PKGS="containernetworking-plugins podman containerd busybox-static iptables nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux"
+PKGS="containernetworking-plugins podman containerd busybox-static iptables nftables python3-nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
