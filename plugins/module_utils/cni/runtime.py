@@ -31,8 +31,10 @@ DEFAULT_CACHE_DIR = "/var/lib/cni"
 DEFAULT_CNI_PATH = "/opt/cni/bin"
 CACHE_KIND = "cniCacheV1"
 # A script on CNI_PATH whose head names our engine is one of our launchers (main.write_executables):
-# run it in-process. ELF binaries (the Go plugins) and other scripts are exec'd.
+# run it in-process. So is our compiled shim, an ELF binary with this mark in a note section near its
+# start (shim.c). Other ELF binaries (the Go plugins) and other scripts are exec'd.
 _LAUNCHER_MARKS = (b"cni.main", b"cnikit")
+_ELF_MARK = b"cnikit.launcher"
 
 Result = Dict[str, Any]
 
@@ -175,6 +177,8 @@ def is_our_launcher(path: str) -> bool:
             head = fh.read(4096)
     except OSError:
         return False
+    if head.startswith(b"\x7fELF"):
+        return _ELF_MARK in head
     return head.startswith(b"#!") and any(mark in head for mark in _LAUNCHER_MARKS)
 
 
