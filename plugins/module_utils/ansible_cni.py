@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
 
 
+# The argument spec of doc fragment cnikit.cni.link: one interface's netns, MTU, MAC, addresses,
+# routes and up/down (bridge, macvlan, each end of a veth).
+ROUTE_OPTIONS = dict(dst=dict(type="str", required=True), gw=dict(type="str"), metric=dict(type="int"))
+LINK_OPTIONS = dict(netns=dict(type="str"), mtu=dict(type="int"), mac=dict(type="str"),
+                    addresses=dict(type="list", elements="str"),
+                    routes=dict(type="list", elements="dict", options=ROUTE_OPTIONS),
+                    up=dict(type="bool", default=True))
+STATE_OPTION = dict(type="str", choices=["present", "absent"], default="present")
+
+
 class CNIModule:
     """An AnsibleModule plus the conventions shared by the collection's modules."""
 
@@ -55,6 +65,13 @@ class CNIModule:
             self.module.fail_json(msg=f"unexpected error ({type(exc).__name__}): {exc}",
                                   exception=traceback.format_exc())
         return None  # not reached: fail_json exits
+
+    def link_attrs(self, **extra):
+        """netstate.LinkAttrs of the interface named by O(name) and the LINK_OPTIONS parameters."""
+        from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate  # pylint: disable=import-outside-toplevel
+
+        p = self.params
+        return self.run(netstate.LinkAttrs, p["name"], **{k: p[k] for k in LINK_OPTIONS}, **extra)
 
     def exit(self, changed: bool, before=None, after=None, header=None, **results) -> None:
         """exit_json with `changed` and, in diff mode, the before/after views (of file `header`)."""

@@ -17,6 +17,7 @@ version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
   - cnikit.cni.attributes
+  - cnikit.cni.link
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target
@@ -30,38 +31,6 @@ options:
     description: Bridge name (at most 15 characters).
     type: str
     required: true
-  netns:
-    description: Namespace of the bridge (a name under C(/run/netns) or a path; it must exist).
-    type: str
-  mtu:
-    description: MTU.
-    type: int
-  mac:
-    description: MAC address.
-    type: str
-  addresses:
-    description: Addresses in CIDR form; exclusive (others are removed, the IPv6 link-local kept).
-    type: list
-    elements: str
-  routes:
-    description: Routes through the bridge, added when missing.
-    type: list
-    elements: dict
-    suboptions:
-      dst:
-        description: Destination network, or V(default).
-        type: str
-        required: true
-      gw:
-        description: Gateway.
-        type: str
-      metric:
-        description: Route metric; omitted matches an existing route of any metric.
-        type: int
-  up:
-    description: Whether the bridge is up.
-    type: bool
-    default: true
   state:
     description: Whether the bridge should exist (deleting it releases its ports).
     type: str
@@ -86,26 +55,14 @@ state:
            "up": true, "addresses": ["10.40.80.1/24"]}
 """
 
-from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
+from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
 from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
 
 
 def main() -> None:
-    client = CNIModule(dict(
-        name=dict(type="str", required=True),
-        netns=dict(type="str"),
-        mtu=dict(type="int"),
-        mac=dict(type="str"),
-        addresses=dict(type="list", elements="str"),
-        routes=dict(type="list", elements="dict", options=dict(
-            dst=dict(type="str", required=True), gw=dict(type="str"), metric=dict(type="int"))),
-        up=dict(type="bool", default=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-    ))
-    p = client.params
-    attrs = client.run(netstate.LinkAttrs, p["name"], netns=p["netns"], mtu=p["mtu"], mac=p["mac"],
-                       addresses=p["addresses"], routes=p["routes"], up=p["up"])
-    if p["state"] == "absent":
+    client = CNIModule(dict(name=dict(type="str", required=True), state=STATE_OPTION, **LINK_OPTIONS))
+    attrs = client.link_attrs()
+    if client.params["state"] == "absent":
         client.exit_change(client.run(netstate.remove_link, attrs, check_mode=client.check_mode))
     client.exit_change(client.run(netstate.ensure_bridge, attrs, check_mode=client.check_mode))
 

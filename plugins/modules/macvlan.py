@@ -21,6 +21,7 @@ version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
   - cnikit.cni.attributes
+  - cnikit.cni.link
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target
@@ -42,40 +43,6 @@ options:
     type: str
     choices: [bridge, private, vepa, passthru, source]
     default: bridge
-  netns:
-    description: Create the interface in this network namespace (a name under C(/run/netns) or a path); it must exist.
-    type: str
-  mtu:
-    description: MTU; it cannot exceed the master's.
-    type: int
-  mac:
-    description: MAC address (unicast).
-    type: str
-  addresses:
-    description:
-      - Addresses in CIDR form; exclusive - other addresses on the interface are removed (the kernel's
-        IPv6 link-local address is kept). Omitted leaves addresses alone.
-    type: list
-    elements: str
-  routes:
-    description: Routes through the interface, added when missing (others are left alone).
-    type: list
-    elements: dict
-    suboptions:
-      dst:
-        description: Destination network, or V(default).
-        type: str
-        required: true
-      gw:
-        description: Gateway.
-        type: str
-      metric:
-        description: Route metric; omitted matches an existing route of any metric.
-        type: int
-  up:
-    description: Whether the interface is up.
-    type: bool
-    default: true
   state:
     description: Whether the interface should exist.
     type: str
@@ -121,30 +88,19 @@ state:
            "routes": [{"dst": "192.168.80.120/29"}]}
 """
 
-from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
+from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
 from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
 
 
 def main() -> None:
     client = CNIModule(
-        dict(
-            name=dict(type="str", required=True),
-            master=dict(type="str"),
-            mode=dict(type="str", choices=list(netstate.MACVLAN_MODES), default="bridge"),
-            netns=dict(type="str"),
-            mtu=dict(type="int"),
-            mac=dict(type="str"),
-            addresses=dict(type="list", elements="str"),
-            routes=dict(type="list", elements="dict", options=dict(
-                dst=dict(type="str", required=True), gw=dict(type="str"), metric=dict(type="int"))),
-            up=dict(type="bool", default=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-        ),
+        dict(name=dict(type="str", required=True), master=dict(type="str"),
+             mode=dict(type="str", choices=list(netstate.MACVLAN_MODES), default="bridge"),
+             state=STATE_OPTION, **LINK_OPTIONS),
         required_if=[("state", "present", ("master",))],
     )
     p = client.params
-    attrs = client.run(netstate.LinkAttrs, p["name"], netns=p["netns"], mtu=p["mtu"], mac=p["mac"],
-                       addresses=p["addresses"], routes=p["routes"], up=p["up"], mode=p["mode"])
+    attrs = client.link_attrs(mode=p["mode"])
     if p["state"] == "absent":
         client.exit_change(client.run(netstate.remove_link, attrs, check_mode=client.check_mode))
     client.exit_change(client.run(netstate.ensure_macvlan, attrs, p["master"], check_mode=client.check_mode))

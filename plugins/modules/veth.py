@@ -20,6 +20,7 @@ version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
   - cnikit.cni.attributes
+  - cnikit.cni.link
 requirements:
   - pyroute2 >= 0.9.5
   - root on the target
@@ -33,41 +34,9 @@ options:
     description: Name of this end (at most 15 characters).
     type: str
     required: true
-  netns:
-    description: Namespace of this end (a name under C(/run/netns) or a path; it must exist). Omitted - the current one.
-    type: str
-  mtu:
-    description: MTU of this end.
-    type: int
-  mac:
-    description: MAC address of this end.
-    type: str
-  addresses:
-    description: Addresses of this end in CIDR form; exclusive (others are removed, the IPv6 link-local kept).
-    type: list
-    elements: str
-  routes:
-    description: Routes through this end, added when missing.
-    type: list
-    elements: dict
-    suboptions:
-      dst:
-        description: Destination network, or V(default).
-        type: str
-        required: true
-      gw:
-        description: Gateway.
-        type: str
-      metric:
-        description: Route metric; omitted matches an existing route of any metric.
-        type: int
   bridge:
     description: Make this end a port of this bridge (in the same namespace; it must exist).
     type: str
-  up:
-    description: Whether this end is up.
-    type: bool
-    default: true
   peer:
     description: The other end, with the same properties as this one. Required with O(state=present).
     type: dict
@@ -147,24 +116,21 @@ state:
                     "addresses": ["10.40.80.11/24"]}}
 """
 
-from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
+from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
 from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
 
-ROUTE = dict(type="list", elements="dict", options=dict(
-    dst=dict(type="str", required=True), gw=dict(type="str"), metric=dict(type="int")))
-END = dict(netns=dict(type="str"), mtu=dict(type="int"), mac=dict(type="str"), bridge=dict(type="str"),
-           addresses=dict(type="list", elements="str"), routes=ROUTE, up=dict(type="bool", default=True))
+END = dict(bridge=dict(type="str"), **LINK_OPTIONS)
 
 
 def main() -> None:
     client = CNIModule(
         dict(name=dict(type="str", required=True),
              peer=dict(type="dict", options=dict(name=dict(type="str", required=True), **END)),
-             state=dict(type="str", choices=["present", "absent"], default="present"), **END),
+             state=STATE_OPTION, **END),
         required_if=[("state", "present", ("peer",))],
     )
     p = client.params
-    end = client.run(netstate.LinkAttrs, **{k: p[k] for k in ("name", *END)})
+    end = client.link_attrs(bridge=p["bridge"])
     peer = client.run(netstate.LinkAttrs, **p["peer"]) if p["peer"] else None
     if p["state"] == "absent":
         client.exit_change(client.run(netstate.remove_veth, end, peer, check_mode=client.check_mode))

@@ -55,6 +55,19 @@ def _strings(path: str) -> Dict[str, str]:
             and n.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN") and isinstance(n.value, ast.Constant)}
 
 
+def _fragment_options(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The options the module's own doc fragments (cnikit.cni.<name>) add, as ansible-doc merges them."""
+    opts: Dict[str, Any] = {}
+    for frag in doc.get("extends_documentation_fragment") or []:
+        if frag.startswith("cnikit.cni."):
+            path = os.path.join(ROOT, "plugins", "doc_fragments", frag.split(".")[-1] + ".py")
+            tree = ast.parse(open(path, encoding="utf-8").read())
+            cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModuleDocFragment")
+            text = next(n.value.value for n in cls.body if isinstance(n, ast.Assign) and n.targets[0].id == "DOCUMENTATION")
+            opts.update(yaml.safe_load(text).get("options") or {})
+    return opts
+
+
 def _options(opts: Dict[str, Any], prefix: str = "") -> List[str]:
     rows = []
     for name, o in (opts or {}).items():
@@ -92,7 +105,7 @@ def render() -> str:
         attrs = doc.get("attributes") or {}
         if attrs:
             out += ["Attributes: " + ", ".join(f"{k} **{v.get('support')}**" for k, v in attrs.items()), ""]
-        out += ["| Option | Type | | Description |", "|---|---|---|---|"] + _options(doc.get("options")) + [""]
+        out += ["| Option | Type | | Description |", "|---|---|---|---|"] + _options(dict(sorted({**_fragment_options(doc), **(doc.get("options") or {})}.items()))) + [""]
         if doc.get("notes"):
             out += ["Notes:", ""] + [f"- {_plain(n)}" for n in doc["notes"]] + [""]
         out += ["Examples:", "", "```yaml", s["EXAMPLES"].strip(), "```", ""]
