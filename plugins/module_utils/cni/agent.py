@@ -6,9 +6,10 @@ plugin) and sends back exit code + stdout + stderr.
 
 It holds no state of its own: every lease, result and rule lives on disk or in the kernel under the
 same locks the in-process path takes, so killing it loses nothing, and the shims fall back to
-in-process execution while it is away. One thread per request: `link.in_netns` enters a netns in
-the calling thread only, and pyroute2 0.9 keeps its event loop per thread, so requests are
-independent; host-local's flock is per open file, so it serialises threads as it does processes.
+in-process execution while it is away. One request per thread at a time: `link.in_netns` enters a
+netns in the calling thread only, so requests are independent; host-local's flock is per open file,
+so it serialises threads as it does processes. The threads are long-lived workers (`Workers`): a
+request is handed to an idle one instead of a thread started for it.
 
 Wire format: request `CNIKIT/1 <len name> <len env> <len stdin>\\n` + name + env (K=V joined by NUL)
 + stdin; the agent answers `+` as soon as it holds the whole request (before doing anything, so a
@@ -17,13 +18,14 @@ shim that gets no `+` knows nothing was done), then `<rc> <len stdout> <len stde
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import struct
 import sys
 import threading
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from . import link, registry, skel, spec
 from .spec import CNIError
@@ -104,6 +106,51 @@ def handle(conn: socket.socket) -> None:
             log(f"could not reply to {name} {env.get('CNI_COMMAND', '')}: {exc}")
 
 
+class Workers:
+    """Long-lived request threads. An idle worker takes the next connection; a new one is started
+    only when all are busy - never a queue: a request may wait on another (a foreign plugin that
+    execs one of ours, which comes back through this agent) - and a worker beyond `keep` idle ones
+    exits once its request is done."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self.jobs: "queue.SimpleQueue[Optional[socket.socket]]" = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0  # idle workers not yet promised a job
+        self.threads: Set[threading.Thread] = set()
+
+    def submit(self, conn: socket.socket) -> None:
+        with self.lock:
+            if self.idle:
+                self.idle -= 1
+            else:
+                worker = threading.Thread(target=self._work, name="cni-request")
+                self.threads.add(worker)
+                worker.start()
+        self.jobs.put(conn)
+
+    def _work(self) -> None:
+        while True:
+            conn = self.jobs.get()
+            if conn is None:
+                return
+            handle(conn)
+            with self.lock:
+                if self.idle >= self.keep:
+                    self.threads.discard(threading.current_thread())
+                    return
+                self.idle += 1
+
+    def drain(self) -> None:
+        """Let every request in flight finish, then stop the workers."""
+        with self.lock:
+            threads = list(self.threads)
+        for _ in threads:
+            self.jobs.put(None)
+        for worker in threads:
+            worker.join()
+
+
 def warm() -> List[str]:
     """Import every plugin and open one netlink socket now, so that no request pays for it."""
     broken = []
@@ -166,10 +213,11 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"listening on {path}")
+    workers = Workers()
     try:
         while True:
             conn, _ = sock.accept()
-            threading.Thread(target=handle, args=(conn,), name="cni-request").start()
+            workers.submit(conn)
     except _Stop:
         pass
     finally:
@@ -180,4 +228,5 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
         except FileNotFoundError:
             pass
         log("stopping; waiting for requests in flight")
+        workers.drain()
     return 0
