@@ -63,7 +63,8 @@ def _fragment_options(doc: Dict[str, Any]) -> Dict[str, Any]:
             path = os.path.join(ROOT, "plugins", "doc_fragments", frag.split(".")[-1] + ".py")
             tree = ast.parse(open(path, encoding="utf-8").read())
             cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModuleDocFragment")
-            text = next(n.value.value for n in cls.body if isinstance(n, ast.Assign) and n.targets[0].id == "DOCUMENTATION")
+            text = next(n.value.value for n in cls.body
+                        if isinstance(n, ast.Assign) and n.targets[0].id == "DOCUMENTATION")
             opts.update(yaml.safe_load(text).get("options") or {})
     return opts
 
@@ -105,7 +106,8 @@ def render() -> str:
         attrs = doc.get("attributes") or {}
         if attrs:
             out += ["Attributes: " + ", ".join(f"{k} **{v.get('support')}**" for k, v in attrs.items()), ""]
-        out += ["| Option | Type | | Description |", "|---|---|---|---|"] + _options(dict(sorted({**_fragment_options(doc), **(doc.get("options") or {})}.items()))) + [""]
+        options = dict(sorted({**_fragment_options(doc), **(doc.get("options") or {})}.items()))
+        out += ["| Option | Type | | Description |", "|---|---|---|---|"] + _options(options) + [""]
         if doc.get("notes"):
             out += ["Notes:", ""] + [f"- {_plain(n)}" for n in doc["notes"]] + [""]
         out += ["Examples:", "", "```yaml", s["EXAMPLES"].strip(), "```", ""]
