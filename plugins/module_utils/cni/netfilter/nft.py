@@ -5,8 +5,9 @@ is used when it loads; it is a pure-Python file, so when the running interpreter
 (our venv is another Python than the system's) it is loaded from the system's dist-packages by
 path. Without the binding or the library every command goes to the `nft` executable instead, with
 the same text and the same effects (`CNIKIT_NFT_EXEC=1` forces that path). A libnftables context
-holds a netlink socket bound to the network namespace it was made in, so each thread keeps one
-context per namespace (the agent serves requests in threads, and a thread may move by setns).
+holds a netlink socket bound to the network namespace it was made in, so each thread keeps its
+own context (the agent serves requests in threads) and makes a new one when it is found in
+another namespace (a thread may move by setns).
 
 ipMasq lives in one table, `inet cnikit_masq`: a postrouting chain does one verdict-map lookup
 on the source address (`src4`/`src6`: ip -> jump <per-container chain>), and each (network,
@@ -117,6 +118,20 @@ def try_run(lines: Iterable[str]) -> Optional[str]:
     return None if rc == 0 else err.strip()
 
 
+def try_destroy(table: str, chains: List[str], elements: List[Tuple[str, str, Optional[str]]]) -> bool:
+    """Remove `chains` and the `elements` ((set or map, key, chain the key jumps to; None for a
+    set)) in one batch, whether or not they exist; False (nothing changed) when that cannot be done
+    blind: the table is missing, a key maps to another chain, or a chain is still referenced by an
+    element not named. nft 1.0.6 has no `destroy`, so each object is added and deleted in the same
+    transaction: the add is a no-op for an identical object and fails (EEXIST) for a key that
+    jumps elsewhere."""
+    lines = [f"add chain {table} {c}" for c in chains]
+    lines += [f"add element {table} {m} {{ {k}{f' : jump {c}' if c else ''} }}" for m, k, c in elements]
+    lines += [f"delete element {table} {m} {{ {k} }}" for m, k, _ in elements]
+    lines += [f"delete chain {table} {c}" for c in chains]
+    return try_run(lines) is None
+
+
 def list_json(*what: str) -> Optional[List[Dict[str, Any]]]:
     """`nft -j list <what>` as a list of objects; None when the object does not exist."""
     rc, out, err = command("list " + " ".join(what), as_json=True)
@@ -220,8 +235,10 @@ def _masq_sources(chain: str) -> Optional[List[str]]:
 
 
 def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) -> None:
-    # The chain's own rules say which addresses it serves, so `ifaces` is not needed here.
     t, chain = f"inet {MASQ_TABLE}", chain_name(network, container_id)
+    if ifaces and try_destroy(t, [chain], [(f"src{i.version}", str(i.ip), chain) for i in ifaces]):
+        return
+    # addresses unknown, or the chain serves more than them: its own rules say which it serves
     for _ in range(3):  # a concurrent teardown may win the race; re-read and retry
         sources = _masq_sources(chain)
         if sources is None:

@@ -15,7 +15,7 @@ Backends (`"backend"`):
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from .. import netfilter, skel, spec
 from ..netfilter import iptables as ipt
@@ -151,13 +151,13 @@ def _nft_base() -> List[str]:
     return lines + [f"add rule {t} forward {r}" for r in fixed]
 
 
-def _nft_elems(result: Result) -> List[str]:
-    return [f"pods{v} {{ {ip.split('/')[0]} }}" for v, ips in _pod_ips(result).items() for ip in ips]
+def _nft_elems(result: Result) -> List[Tuple[str, str, None]]:
+    return [(f"pods{v}", ip.split("/")[0], None) for v, ips in _pod_ips(result).items() for ip in ips]
 
 
 def nft_add(s: Dict[str, Any], result: Result) -> None:
     t = f"inet {NFT_TABLE}"
-    lines = _nft_base() + [f"add element {t} {e}" for e in _nft_elems(result)]
+    lines = _nft_base() + [f"add element {t} {m} {{ {ip} }}" for m, ip, _ in _nft_elems(result)]
     if s["policy"] == "same-bridge":
         bridge = _bridge(result, s["policy"])
         # chain names cannot be quoted in nft, interface names may hold any character: hash it
@@ -170,9 +170,9 @@ def nft_add(s: Dict[str, Any], result: Result) -> None:
 
 
 def nft_del(result: Result) -> None:
-    t = f"inet {NFT_TABLE}"
-    for elem in _nft_elems(result):  # one by one: an element already gone must not stop the others
-        nft.try_run([f"delete element {t} {elem}"])
+    elems = _nft_elems(result)
+    if elems:  # one batch, present or not; it fails only when the table is missing (nothing to remove)
+        nft.try_destroy(f"inet {NFT_TABLE}", [], elems)
 
 
 def nft_check(result: Result) -> None:

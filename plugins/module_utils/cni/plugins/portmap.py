@@ -232,8 +232,9 @@ def _nft_removal(dn_chain: str, sn_chain: str, owned: List[Tuple[str, str]]) -> 
     return lines
 
 
-def _nft_plan(s: Settings, network: str, cid: str) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """The lines creating the container's chains, rules and map elements, and the elements."""
+def _nft_plan(s: Settings, network: str, cid: str) -> Tuple[List[str], List[Tuple[str, str, str]]]:
+    """The lines creating the container's chains, rules and map elements, and the elements
+    as (map, key, chain it jumps to)."""
     t = f"inet {NFT_TABLE}"
     dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
     comment = nft.quote(netfilter.owner_comment(network, cid))
@@ -269,9 +270,9 @@ def _nft_plan(s: Settings, network: str, cid: str) -> Tuple[List[str], List[Tupl
     lines = [f"add chain {t} {dn} {{ comment {comment}; }}"] + rules
     if snat_rules:
         lines += [f"add chain {t} {sn} {{ comment {comment}; }}"] + snat_rules
-    jump = {m: (sn if m.startswith("post") else dn) for m, _ in elements}
-    lines += [f"add element {t} {m} {{ {k} : jump {jump[m]} }}" for m, k in elements]
-    return lines, elements
+    targets = [(m, k, sn if m.startswith("post") else dn) for m, k in elements]
+    lines += [f"add element {t} {m} {{ {k} : jump {c} }}" for m, k, c in targets]
+    return lines, targets
 
 
 def nft_add(s: Settings, network: str, cid: str) -> None:
@@ -291,8 +292,12 @@ def nft_add(s: Settings, network: str, cid: str) -> None:
         raise CNIError(spec.ERR_INTERNAL, f"unable to set up port mappings{busy}", err)
 
 
-def nft_del(network: str, cid: str) -> None:
+def nft_del(network: str, cid: str, s: Optional[Settings] = None) -> None:
     dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
+    # the DEL's own mappings name the elements: one blind batch, unless they are not the whole story
+    planned = _nft_plan(s, network, cid)[1] if s is not None else []
+    if planned and nft.try_destroy(f"inet {NFT_TABLE}", [dn, sn], planned):
+        return
     err = None
     for _ in range(3):  # a concurrent DEL of the same container may win; re-read and retry
         owned = _nft_owned(dn)
@@ -310,10 +315,10 @@ def nft_check(s: Settings, network: str, cid: str) -> None:
     owned = _nft_owned(dn)
     if wanted and owned is None:
         raise CNIError(spec.ERR_INTERNAL, f"chain {dn} not found in nftables table inet {NFT_TABLE}")
-    for m, k in wanted:
+    for m, k, chain in wanted:
         if (m, k) not in (owned or []):
             raise CNIError(spec.ERR_INTERNAL, f"port mapping {m} {{ {k} }} missing from chain {dn}")
-        if nft.element_target(f"inet {NFT_TABLE}", m, k) not in (dn, netfilter.chain_name(network, cid, "SN-")):
+        if nft.element_target(f"inet {NFT_TABLE}", m, k) != chain:
             raise CNIError(spec.ERR_INTERNAL, f"map {m} has no element {{ {k} }}")
 
 
@@ -458,6 +463,6 @@ class Portmap(Plugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         s = settings(conf, ctx.ifname)
         if s.backend == netfilter.NFTABLES:
-            nft_del(conf["name"], ctx.container_id)
+            nft_del(conf["name"], ctx.container_id, s)
         else:
             ipt_del(conf["name"], ctx.container_id)
