@@ -1,12 +1,17 @@
-"""The fast path: launcher -> shim -> node agent, against the in-process engine.
+"""The fast path: plugin executable -> node agent, against the in-process engine.
 
-- the three doors (shim + agent, the executable with no agent, skel in-process) give byte-identical
-  stdout and the same exit codes, for results and for errors;
-- the shim falls back to in-process by itself (stale socket, an agent that never answers);
-- killing the agent in the middle of an ADD, or between calls, loses no lease and leaks none.
+Two kinds of executable (main.write_executables): the compiled shim (shim.c, hard-linked under every
+plugin name) and, without a C compiler, the dash launcher running shim.py.
 
-The `agent` bin dir is written with an engine interpreter that does not exist: a shim that silently
-fell back to in-process would fail there, so a passing test proves the agent answered.
+- every door (either kind through the agent, either kind with no agent, skel in-process) gives
+  byte-identical stdout and the same exit codes, for results and for errors;
+- both kinds fall back to in-process by themselves (stale socket, an agent that never answers, an
+  agent that refuses an oversized request, an agent killed after taking a request);
+- killing the agent in the middle of an ADD, or between calls, loses no lease and leaks none;
+- without a working C compiler the install writes the script launchers.
+
+The `agent` bin dirs are written with an engine interpreter that does not exist: an executable that
+silently fell back to in-process would fail there, so a passing test proves the agent answered.
 """
 from __future__ import annotations
 
@@ -28,10 +33,11 @@ import cnitest
 sys.path.insert(0, cnitest.LIB)
 from cni import agent as agent_mod  # noqa: E402
 from cni import main as cni_main  # noqa: E402
-from cni import skel  # noqa: E402
+from cni import runtime, shim, skel  # noqa: E402
 
 PY = os.path.join(cnitest.ROOT, ".venv", "bin", "python3")
 NO_PYTHON = "/nonexistent/python3"
+KINDS = ("compiled", "script")
 
 
 @pytest.fixture
@@ -54,11 +60,16 @@ class Agent:
             assert time.monotonic() < deadline, "agent did not come up"
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """SIGTERM, wait; the agent's log."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
+        if self.proc.stderr.closed:
+            return ""
+        log = self.proc.stderr.read().decode(errors="replace")
         self.proc.stderr.close()
+        return log
 
 
 @pytest.fixture
@@ -75,9 +86,12 @@ def agent_factory(work):
         a.stop()
 
 
-def bindir(work: str, name: str, python: str, sock: str, plugins=("host-local", "bridge")) -> str:
-    dest = os.path.join(work, name)
-    cni_main.write_executables(dest, python, cnitest.LIB, list(plugins), socket=sock)
+def bindir(work: str, name: str, python: str, sock: str, plugins=("host-local", "bridge"), kind="compiled") -> str:
+    dest = os.path.join(work, f"{name}-{kind}")
+    cni_main.write_executables(dest, python, cnitest.LIB, list(plugins), socket=sock,
+                               cc=None if kind == "compiled" else "")
+    with open(os.path.join(dest, plugins[0]), "rb") as fh:  # the kind under test is the kind written
+        assert fh.read(4) == (b"\x7fELF" if kind == "compiled" else b"#!/b")
     return dest
 
 
@@ -109,6 +123,9 @@ def scenario(data_dir: str):
         ("ADD", conf, {"cid": "a6", "args": "FOO=bar"}),  # unknown CNI_ARGS
         ("ADD", hl_conf(data_dir, rangeStart="10.45.0.1"), {"cid": "a7"}),  # config error
         ("", conf, {"cid": "a8"}),  # no CNI_COMMAND: the about text on stderr
+        ("VERSION", conf, {"cid": "a9"}),
+        ("ADD", dict(conf, padding="x" * (2 << 20)), {"cid": "a10"}),  # a 2 MB stdin
+        ("DEL", dict(conf, padding="x" * (2 << 20)), {"cid": "a10"}),
     ]
 
 
@@ -129,48 +146,96 @@ def via_inproc(cmd, conf, kw):
     return out.rc, out.stdout, out.stderr if not out.stdout else ""
 
 
-def test_shim_agent_and_inprocess_are_identical(work, agent_factory):
-    agent_factory()
+def test_every_door_gives_the_same_bytes(work, agent_factory):
+    running = agent_factory()
     data = os.path.join(work, "data")
-    through_agent = outcomes(via_exec(bindir(work, "agent", NO_PYTHON, os.path.join(work, "agent.sock"))), data)
-    no_agent = outcomes(via_exec(bindir(work, "inproc", PY, os.path.join(work, "absent.sock"))), data)
+    absent = os.path.join(work, "absent.sock")
     inproc = outcomes(via_inproc, data)
-    assert through_agent == no_agent == inproc
+    for kind in KINDS:
+        assert outcomes(via_exec(bindir(work, "agent", NO_PYTHON, running.sock, kind=kind)), data) == inproc, kind
+        assert outcomes(via_exec(bindir(work, "inproc", PY, absent, kind=kind)), data) == inproc, kind
     codes = [(cmd, json.loads(out).get("code") if rc else None) for cmd, _, rc, out, _ in inproc if out]
     assert [c for _, c in codes if c] == [999, 4, 4, 6, 1, 999, 999], codes  # the errors really happened
     assert json.loads(inproc[0][3])["ips"][0]["address"] == "10.44.0.2/24"
+    assert inproc[-4][4].startswith("CNI cnikit plugin") and json.loads(inproc[-3][3])["supportedVersions"]
+    assert json.loads(inproc[-2][3])["ips"][0]["address"] == "10.44.0.5/24"
 
 
-def test_version_is_answered_by_the_launcher_byte_for_byte(work):
-    bdir = bindir(work, "inproc", NO_PYTHON, os.path.join(work, "absent.sock"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_version_is_answered_by_the_executable_byte_for_byte(work, kind):
+    bdir = bindir(work, "inproc", NO_PYTHON, os.path.join(work, "absent.sock"), kind=kind)
     expected = skel.execute(lambda: None, {"CNI_COMMAND": "VERSION"}, b"")
     for name in ("host-local", "bridge"):
         out = cnitest.exec_plugin(os.path.join(bdir, name), {"CNI_COMMAND": "VERSION"}, b"")
         assert (out.rc, out.stdout, out.stderr) == expected  # no Python at all was needed
-        with open(os.path.join(bdir, name), "rb") as fh:  # runtime.py runs a launcher in-process by this
-            assert b"from cni.main import main" in fh.read(512)
+        assert runtime.is_our_launcher(os.path.join(bdir, name))  # the runtime runs these in-process
+    assert not runtime.is_our_launcher("/usr/lib/cni/host-local")  # a Go ELF is exec'd
 
 
-def test_stale_socket_falls_back_in_process(work):
+def test_compiled_plugins_are_one_binary(work):
+    bdir = bindir(work, "one", NO_PYTHON, os.path.join(work, "absent.sock"), ["host-local", "bridge", "macvlan"])
+    inodes = {os.stat(os.path.join(bdir, n)).st_ino for n in ("host-local", "bridge", "macvlan")}
+    assert len(inodes) == 1 and os.stat(os.path.join(bdir, "bridge")).st_nlink == 3
+    assert sorted(os.listdir(bdir)) == ["bridge", "cnikit", "host-local", "macvlan"]  # no temporary left
+    with open(os.path.join(bdir, "cnikit"), "rb") as fh:
+        assert fh.read(2) == b"#!"  # the CLI stays a Python launcher
+
+
+@pytest.mark.parametrize("env", [{"PATH": "/nonexistent"}, {"CC": "false"}], ids=["no-cc", "failing-cc"])
+def test_without_a_working_compiler_the_launchers_are_scripts(work, env):
+    dest = os.path.join(work, "nocc")
+    sock = os.path.join(work, "absent.sock")
+    proc = subprocess.run([PY, "-I", "-c", shim.ENGINE, cnitest.LIB, "cnikit", "install-plugins", dest, "--python", PY,
+                           "--agent-socket", sock], env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert ("writing script launchers instead" in proc.stderr) == ("CC" in env)
+    with open(os.path.join(dest, "host-local"), "rb") as fh:
+        assert fh.read().startswith(b"#!/bin/sh")
+    out = exec_in(dest, "ADD", hl_conf(os.path.join(work, "data")), cid="n1")
+    assert out.rc == 0 and out.json["ips"][0]["address"] == "10.44.0.2/24", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stale_socket_falls_back_in_process(work, kind):
     sock = os.path.join(work, "stale.sock")
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(sock)  # a socket file nobody listens on: what a SIGKILLed agent leaves behind
     dead.close()
     data = os.path.join(work, "data")
-    assert outcomes(via_exec(bindir(work, "stale", PY, sock)), data) == outcomes(via_inproc, data)
+    conf = hl_conf(data)
+    bdir = bindir(work, "stale", PY, sock, kind=kind)
+    got = [exec_in(bdir, cmd, conf, cid="s1") for cmd in ("ADD", "CHECK", "DEL")]
+    assert [o.rc for o in got] == [0, 0, 0], [o.stdout for o in got]
+    assert got[0].json["ips"][0]["address"] == "10.44.0.2/24" and leases(data) == {}
 
 
-def test_agent_that_never_answers_falls_back(work):
+@pytest.mark.parametrize("kind", KINDS)
+def test_agent_that_never_answers_falls_back(work, kind):
     sock = os.path.join(work, "hung.sock")
     hung = socket.socket(socket.AF_UNIX)
     hung.bind(sock)
     hung.listen(8)  # accepts into the backlog, never reads: a wedged agent
     try:
-        out = exec_in(bindir(work, "hung", PY, sock), "ADD", hl_conf(os.path.join(work, "data")), cid="h1")
+        start = time.monotonic()
+        out = exec_in(bindir(work, "hung", PY, sock, kind=kind), "ADD", hl_conf(os.path.join(work, "data")), cid="h1")
+        waited = time.monotonic() - start
     finally:
         hung.close()
     assert out.rc == 0, out.stdout + out.stderr
     assert out.json["ips"][0]["address"] == "10.44.0.2/24"
+    assert waited >= 5.0  # it gave the agent its ACK_TIMEOUT before running in-process
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_oversized_request_is_refused_by_the_agent_and_run_in_process(work, agent_factory, kind):
+    running = agent_factory()
+    data = os.path.join(work, "data")
+    conf = dict(hl_conf(data), padding="x" * (agent_mod.MAX_REQUEST + 1))
+    out = exec_in(bindir(work, "agent", PY, running.sock, kind=kind), "ADD", conf, cid="o1")
+    assert out.rc == 0, out.stdout[:500] + out.stderr[-2000:]
+    assert out.json["ips"][0]["address"] == "10.44.0.2/24" and leases(data) == {"10.44.0.2": b"o1\r\neth0"}
+    assert "request too large" in running.stop()  # the agent did refuse it: the engine ran in-process
 
 
 def leases(data_dir: str) -> dict:
@@ -179,10 +244,11 @@ def leases(data_dir: str) -> dict:
             if name[0].isdigit()}
 
 
-def test_killing_the_agent_mid_stream_loses_no_lease(work, agent_factory):
+@pytest.mark.parametrize("kind", KINDS)
+def test_killing_the_agent_mid_stream_loses_no_lease(work, agent_factory, kind):
     data = os.path.join(work, "data")
     conf = hl_conf(data)
-    bdir = bindir(work, "agent", PY, os.path.join(work, "agent.sock"))
+    bdir = bindir(work, "agent", PY, os.path.join(work, "agent.sock"), kind=kind)
     # The agent SIGKILLs itself on its 3rd lease write: after the lease file, before last_reserved_ip.
     first = agent_factory({"CNIKIT_FAULT": "host_local.after_lease_write@3"})
     got = {}
