@@ -16,6 +16,7 @@ silently fell back to in-process would fail there, so a passing test proves the 
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import json
 import os
 import shutil
@@ -306,6 +307,55 @@ def test_agent_survives_garbage_and_refuses_a_second_instance(work, agent_factor
     assert exec_in(bdir, "ADD", hl_conf(os.path.join(work, "data")), cid="g1").rc == 0
 
 
+def tasks(pid: int) -> set:
+    return set(os.listdir(f"/proc/{pid}/task")) - {str(pid)}
+
+
+def test_agent_workers_are_reused_and_bounded(work, agent_factory):
+    running = agent_factory()
+    conf = hl_conf(os.path.join(work, "data"))
+    bdir = bindir(work, "agent", NO_PYTHON, running.sock)
+    assert exec_in(bdir, "ADD", conf, cid="w0").rc == 0
+    first = tasks(running.proc.pid)
+    for i in range(1, 6):  # one request at a time: the same warm thread serves them all
+        assert exec_in(bdir, "ADD", conf, cid=f"w{i}").rc == 0
+    assert tasks(running.proc.pid) == first and len(first) == 1
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert all(o.rc == 0 for o in pool.map(lambda i: exec_in(bdir, "DEL", conf, cid=f"w{i % 6}"), range(48)))
+    # surplus workers exit once done: at most `keep` idle ones stay (+1 may still be finishing)
+    deadline = time.monotonic() + 10
+    while len(tasks(running.proc.pid)) > agent_mod.Workers().keep and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(tasks(running.proc.pid)) <= agent_mod.Workers().keep
+
+
+def test_sigterm_lets_the_request_in_flight_finish(work, agent_factory):
+    running = agent_factory()
+    data = os.path.join(work, "data")
+    os.makedirs(os.path.join(data, "fastnet"))
+    name, env = b"host-local", cnitest.cni_env("ADD", cid="t1", netns="/proc/self/ns/net", path=work)
+    blob = b"\0".join(f"{k}={v}".encode() for k, v in env.items())
+    stdin = json.dumps(hl_conf(data)).encode()
+    with open(os.path.join(data, "fastnet", "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # host-local waits for this lock: the request stays in flight
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(running.sock)
+        conn.sendall(b"CNIKIT/1 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
+        assert conn.recv(1) == b"+"
+        running.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while os.path.exists(running.sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(running.sock) and running.proc.poll() is None  # stopped accepting, still working
+    reply = b""
+    while chunk := conn.recv(65536):
+        reply += chunk
+    conn.close()
+    head, _, body = reply.partition(b"\n")
+    assert head.split()[0] == b"0" and json.loads(body)["ips"][0]["address"] == "10.44.0.2/24"
+    assert running.proc.wait(timeout=10) == 0 and leases(data) == {"10.44.0.2": b"t1\r\neth0"}
+
+
 @pytest.fixture
 def master(sandbox):
     cnitest.sh("ip link add pm0 type veth peer name pm0p && ip link set pm0 up")
@@ -347,8 +397,9 @@ def test_macvlan_through_the_agent_matches_in_process(work, agent_factory, netns
                                                         cnitest.cni_env(cmd, netns=path, path=bdir), c)
 
     through_agent = door(via(bindir(work, "agent", NO_PYTHON, os.path.join(work, "agent.sock"), ["macvlan"])))
+    script_agent = door(via(bindir(work, "agent", NO_PYTHON, os.path.join(work, "agent.sock"), ["macvlan"], "script")))
     no_agent = door(via(bindir(work, "inproc", PY, os.path.join(work, "absent.sock"), ["macvlan"])))
     inproc = door(lambda cmd, c, path: cnitest.inproc("macvlan", cmd, c, netns=path, path="/nonexistent"))
-    assert through_agent == no_agent == inproc
+    assert through_agent == script_agent == no_agent == inproc
     assert through_agent[0]["ips"][0]["address"] == "10.46.0.2/24"
     assert through_agent[2][0] == 1 and json.loads(through_agent[2][1])["code"]
