@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("dest")
     inst.add_argument("--python", default=sys.executable)
     inst.add_argument("--agent-socket", default=None, help="the node agent's socket the plugins use when it is up")
+    inst.add_argument("--cc", default=None, help="C compiler for the compiled plugin executables (default $CC or cc; "
+                                                 "'' writes the dash + Python launchers)")
     agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
     agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
     sub.add_parser("version", help="print the supported CNI versions")
@@ -106,7 +108,7 @@ def main(argv: List[str]) -> int:
         from .main import write_executables  # noqa: PLC0415
 
         libdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        for path in write_executables(args.dest, args.python, libdir, socket=args.agent_socket):
+        for path in write_executables(args.dest, args.python, libdir, socket=args.agent_socket, cc=args.cc):
             print(path)
         return 0
     if args.cmd == "agent":
