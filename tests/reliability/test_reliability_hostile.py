@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 
 import pytest
 
@@ -142,12 +143,18 @@ def test_engine_external_commands_take_argv_lists():
 
 
 def test_launchers_never_evaluate_user_data(sandbox, tmp_path):
-    """The executables are /bin/sh launchers: user data reaches them in CNI_* variables. Every
-    expansion must be quoted and nothing evaluated: shell payloads in every variable run nothing."""
+    """Without a C compiler the executables are /bin/sh launchers: user data reaches them in CNI_*
+    variables. Every expansion must be quoted and nothing evaluated: shell payloads in every
+    variable run nothing - through those launchers and through the compiled ones (build/bin)."""
+    from cni.main import write_executables  # noqa: PLC0415
+
+    scripts = str(tmp_path / "scripts")
+    write_executables(scripts, sys.executable, cnitest.LIB, ["bridge", "host-local", "macvlan"],
+                      socket=str(tmp_path / "absent.sock"), cc="")
     for name in ("bridge", "host-local", "macvlan"):
-        with open(os.path.join(cnitest.OUR_BIN, name), encoding="utf-8") as fh:
+        with open(os.path.join(scripts, name), encoding="utf-8") as fh:
             text = "\n".join(l for l in fh.read().splitlines() if not l.lstrip().startswith("#"))
-        assert "eval" not in text and "`" not in text
+        assert not re.search(r"\beval\b", text) and "`" not in text  # (the word: tmp_path says "evaluate")
         # every $-expansion is "$0" or "$CNI_COMMAND", inside double quotes
         assert set(re.findall(r'"?\$\{?\w+\}?"?', text)) <= {'"$0"', '"$CNI_COMMAND"'}, text
     marker = tmp_path / "pwned"
@@ -155,7 +162,8 @@ def test_launchers_never_evaluate_user_data(sandbox, tmp_path):
     for command in (payload, f"VERSION ] || touch {marker} || [", f"`touch {marker}`", "VERSION;touch " + str(marker)):
         env = cnitest.cni_env(command, cid=payload, netns=payload, ifname="eth0", args=f"IgnoreUnknown=1;X={payload}",
                               extra={"CNI_PATH": payload})
-        out = cnitest.exec_plugin(os.path.join(cnitest.OUR_BIN, "bridge"), env, b'{"cniVersion":"1.0.0","name":"n"}')
-        relutil.check_outcome(out.rc, out.stdout, out.stderr, command)
-        assert out.rc == 1 and out.code == 4, out
+        for bindir in (scripts, cnitest.OUR_BIN):
+            out = cnitest.exec_plugin(os.path.join(bindir, "bridge"), env, b'{"cniVersion":"1.0.0","name":"n"}')
+            relutil.check_outcome(out.rc, out.stdout, out.stderr, command)
+            assert out.rc == 1 and out.code == 4, out
     assert not marker.exists()
