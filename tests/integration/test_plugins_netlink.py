@@ -16,20 +16,30 @@ RTM_NEWLINK = 16
 NLM_F_CREATE = 0x400
 
 
+def capture_sends(monkeypatch):
+    """Record every netlink request the engine sends, on both of its sockets (link.Rtnl and
+    pyroute2's IPRoute); returns the list the raw requests are appended to."""
+    from cni import link
+    from pyroute2.netlink.core import AsyncCoreSocket
+
+    sent = []
+    for cls in (AsyncCoreSocket, link.Rtnl):
+        original = cls.send
+
+        def send(self, data, *flags, _original=original):
+            sent.append(bytes(data))
+            return _original(self, data, *flags)
+
+        monkeypatch.setattr(cls, "send", send)
+    return sent
+
+
 @pytest.fixture
 def captured(monkeypatch):
     """Every RTM_NEWLINK+CREATE request our in-process plugin sends, decoded."""
-    from pyroute2.netlink.core import AsyncCoreSocket
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-    sent = []
-    original = AsyncCoreSocket.send
-
-    def send(self, data, flags=0):
-        sent.append(bytes(data))
-        return original(self, data, flags)
-
-    monkeypatch.setattr(AsyncCoreSocket, "send", send)
+    sent = capture_sends(monkeypatch)
 
     def creates():
         out = []
@@ -170,13 +180,8 @@ def test_bridge_vlan_request(captured, world):
 def test_bridge_vlan_port_request(captured, world, monkeypatch):
     """With vlan filtering unavailable, the port's VLAN request (PVID, untagged) is still checked:
     the bridge is pre-made without filtering, so the RTM_SETLINK AF_BRIDGE is sent and refused."""
-    from pyroute2.netlink.core import AsyncCoreSocket
-
     cnitest.sh("ip link add brv type bridge")
-    sent = []
-    original = AsyncCoreSocket.send
-    monkeypatch.setattr(AsyncCoreSocket, "send", lambda self, data, flags=0: sent.append(bytes(data))
-                        or original(self, data, flags))
+    sent = capture_sends(monkeypatch)
     conf = conf_for("bridge", world, bridge="brv", vlan=42)
     # the bridge exists (EEXIST is fine), so only the port VLAN can fail
     out = cnitest.inproc("bridge", "ADD", conf, netns=f"/run/netns/{world['netns']}")

@@ -95,6 +95,126 @@ def iproute(netns: Optional[str] = None) -> Any:
         return IPRoute()
 
 
+# rtnetlink request kinds as pyroute2's RTNL_API maps them (message type, NetlinkRequest flag set)
+_RTNL_COMMANDS: Dict[str, Dict[str, Tuple[int, str]]] = {
+    "link": {"add": (16, "create"), "set": (16, "req"), "del": (17, "req"), "get": (18, "get"),
+             "dump": (18, "dump")},
+    "addr": {"add": (20, "create"), "del": (21, "req"), "dump": (22, "dump")},
+    "route": {"add": (24, "create"), "append": (24, "append"), "del": (25, "req"), "dump": (26, "dump")},
+    "vlan_filter": {"add": (19, "req")},  # RTM_SETLINK
+}
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+
+
+class Rtnl:
+    """An rtnetlink socket in the netns it was opened in, with the subset of pyroute2's IPRoute
+    API the link plugins use (link, addr, route, get_addr, get_routes, brport, vlan_filter).
+
+    pyroute2 still builds every request (its request filters and NetlinkRequest) and parses every
+    reply (MarshalRtnl); this class only sends and receives on a plain blocking socket. pyroute2
+    0.9's IPRoute runs an asyncio round per request and sets up an event loop per socket: ~0.2 ms
+    per request and ~0.3 ms per socket here. IPRoute (`iproute()`) stays for everything else (tc,
+    rules, full dumps)."""
+
+    def __init__(self) -> None:
+        import socket  # noqa: PLC0415
+
+        skip_pyroute2_init()
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl  # noqa: PLC0415 - lazy on purpose
+
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)  # NETLINK_ROUTE
+        self.sock.bind((0, 0))
+        self.marshal = MarshalRtnl()
+        # what pyroute2's NetlinkRequest reads from its socket
+        self.status = {"nlm_echo": False, "strict_check": False}
+        self.epid = 0
+        self.addr_pool = self
+        self._seq = 0
+
+    def alloc(self) -> int:
+        """The next sequence number (NetlinkRequest takes it from `addr_pool`)."""
+        self._seq += 1
+        return self._seq
+
+    def free(self, *_args: Any, **_kwargs: Any) -> None:
+        """Sequence numbers are not reused: nothing to free."""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Rtnl":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+    def request(self, mode: str, command: str, kwarg: Dict[str, Any]) -> List[Any]:
+        """One request built by pyroute2's filters for `mode`; the replies (a dump: the matching
+        ones). A kernel refusal raises pyroute2's NetlinkError, as IPRoute does."""
+        from pyroute2.iproute.linux import get_arguments_processor, get_dump_filter  # noqa: PLC0415
+        from pyroute2.netlink.nlsocket import NetlinkRequest  # noqa: PLC0415
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: PLC0415
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: PLC0415
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: PLC0415
+
+        msg = {"addr": ifaddrmsg, "route": rtmsg}.get(mode, ifinfmsg)()
+        parameters = {"strict_check": False} if mode == "route" else None  # what pyroute2's route() passes
+        dump_filter, kwarg = get_dump_filter(mode, command, kwarg, parameters)
+        arguments = get_arguments_processor(mode, command, kwarg, parameters)
+        req = NetlinkRequest(self, msg, command, _RTNL_COMMANDS[mode], dump_filter, arguments)
+        req.msg.encode()
+        self.send(req.msg.data)
+        dump = command == "dump"
+        out = []
+        while True:
+            for reply in self.marshal.parse(self.sock.recv(65536)):
+                if reply["header"]["sequence_number"] != req.msg_seq:
+                    continue  # a late ACK of an earlier request
+                if reply["header"]["error"] is not None:
+                    raise reply["header"]["error"]
+                kind = reply["header"]["type"]
+                if kind == NLMSG_DONE or (kind == NLMSG_ERROR and not dump):
+                    return out  # the end of a dump, or the ACK every non-dump request asks for
+                if kind != NLMSG_ERROR and (req.dump_filter is None
+                                            or req.match_one_message(req.dump_filter, reply)):
+                    out.append(reply)
+
+    def send(self, data: bytes) -> None:
+        """The one place a request leaves (the netlink-level tests capture it here)."""
+        self.sock.send(data)
+
+    def link(self, command: str, **kwarg: Any) -> List[Any]:
+        return self.request("link", command, kwarg)
+
+    def addr(self, command: str, **kwarg: Any) -> List[Any]:
+        return self.request("addr", command, kwarg)
+
+    def route(self, command: str, **kwarg: Any) -> List[Any]:
+        if command in ("add", "append"):  # pyroute2's defaults for a new route
+            kwarg["proto"] = kwarg.get("proto", "static") or "static"
+            kwarg["type"] = kwarg.get("type", "unicast") or "unicast"
+        return self.request("route", command, kwarg)
+
+    def get_addr(self, family: int = 0, **match: Any) -> List[Any]:
+        return self.addr("dump", family=family, match=match)
+
+    def get_routes(self, family: int = 255, **match: Any) -> List[Any]:
+        return self.route("dump", family=family, match=match)
+
+    def brport(self, command: str, index: int, **kwarg: Any) -> List[Any]:
+        """Bridge-port settings (only "set"): a link request of kind bridge_slave, as in pyroute2."""
+        return self.link(command, index=index, kind="bridge_slave", **kwarg)
+
+    def vlan_filter(self, command: str, **kwarg: Any) -> List[Any]:
+        return self.request("vlan_filter", command, dict(kwarg, family=7))  # AF_BRIDGE
+
+
+def rtnl(netns: Optional[str] = None) -> Rtnl:
+    """An Rtnl socket bound to `netns` (a path) or to the current netns."""
+    with in_netns(netns):
+        return Rtnl()
+
+
 def netlink_error_code(exc: BaseException) -> Optional[int]:
     return getattr(exc, "code", None) if type(exc).__name__ == "NetlinkError" else None
 
@@ -136,9 +256,10 @@ def sysctl_try_set(key: str, value: str, netns: Optional[str] = None) -> bool:
 
 
 # --- link steps shared by the main plugins ----------------------------------------------------
-# Every function below works on an IPRoute socket `ipr` the caller opened in the right netns, and
-# writes sysctls in the calling thread's netns: a plugin wraps container-side work in
-# `with in_netns(ctx.netns): ipr = iproute()`, the Python counterpart of Go's `netns.Do`.
+# Every function below works on a socket `ipr` (an Rtnl, or a pyroute2 IPRoute) the caller opened
+# in the right netns, and writes sysctls in the calling thread's netns: a plugin wraps
+# container-side work in `with in_netns(ctx.netns): ipr = rtnl()`, the Python counterpart of Go's
+# `netns.Do`.
 
 Iface = Dict[str, Any]  # {"name", "index", "mac", "mtu", "kind", "master", "link", "up", "alias", ...}
 
@@ -251,7 +372,8 @@ def route_oif_name(dst: str) -> Optional[str]:
 def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Optional[str] = None) -> Tuple[Iface, Iface]:
     """Go ip.SetupVeth, called from inside the container netns (ipr bound to it): create `ifname`
     with its peer `veth<8 hex>` in the netns open at fd `host_netns`, retrying on a name clash;
-    the host side is set up with accept_ra=0. Returns (host, container)."""
+    the host side is set up with accept_ra=0. Returns (host, container) as they were made (the
+    host end's "up" is its state before it was set up)."""
     # Go's LinkAttrs{} literal sends TxQLen 0 for both ends; MTU only when set
     extra: Dict[str, Any] = {"txqlen": 0, **({"mtu": mtu} if mtu else {})}
     for _ in range(10):
@@ -269,13 +391,10 @@ def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Option
         raise fail("failed to find a unique veth name")
     cont = require_link(ipr, ifname)
     with in_netns(f"/proc/self/fd/{host_netns}"):
-        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415 - lazy on purpose
-
-        with IPRoute() as host_ipr:
+        with Rtnl() as host_ipr:
             host = require_link(host_ipr, peer, json_quote(peer))
             set_link(host_ipr, host["index"], state="up")
             sysctl_try_set(f"net/ipv6/conf/{peer}/accept_ra", "0")
-            host = require_link(host_ipr, peer)
     return host, cont
 
 
@@ -295,16 +414,14 @@ def create_in_netns(ipr: Any, netns_fd: int, netns: str, ifname: str, kind: str,
     except Exception as exc:  # noqa: BLE001
         raise fail(f"failed to create {what}", exc) from None
     with in_netns(netns):
-        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415
-
-        with IPRoute() as cipr:
+        with Rtnl() as cipr:
             made = require_link(cipr, tmp)
             try:
                 set_link(cipr, made["index"], ifname=ifname)
             except Exception as exc:  # noqa: BLE001
                 cipr.link("del", index=made["index"])
                 raise fail(f"failed to rename {what} to {json_quote(ifname)}", exc) from None
-            return require_link(cipr, ifname)
+    return dict(made, name=ifname)  # a rename changes nothing else: no second lookup
 
 
 def link_addresses(ipr: Any, index: int, family: int = 0) -> List[str]:
@@ -316,10 +433,19 @@ def link_addresses(ipr: Any, index: int, family: int = 0) -> List[str]:
     return out
 
 
-def delete_link(ipr: Any, name: str) -> Optional[List[str]]:
-    """Go ip.DelLinkByNameAddr: delete `name`, return its global unicast addresses (None: no link)."""
+def delete_link(ipr: Any, name: str, addrs: bool = True) -> Optional[List[str]]:
+    """Go ip.DelLinkByNameAddr: delete `name`, return its global unicast addresses (None: no link).
+    Without `addrs` (Go ip.DelLinkByName) it is one RTM_DELLINK by name, and [] when deleted."""
     import ipaddress  # noqa: PLC0415
 
+    if not addrs:
+        try:
+            ipr.link("del", ifname=name)
+        except Exception as exc:  # noqa: BLE001
+            if is_enodev(exc):
+                return None
+            raise fail(f"failed to delete {json_quote(name)}", exc) from None
+        return []
     found = get_link(ipr, name)
     if found is None:
         return None
@@ -333,15 +459,15 @@ def delete_link(ipr: Any, name: str) -> Optional[List[str]]:
     return [a for a in addrs if is_global_unicast(ipaddress.ip_interface(a).ip)]
 
 
-def delete_link_in_netns(netns: str, name: str) -> Optional[List[str]]:
+def delete_link_in_netns(netns: str, name: str, addrs: bool = True) -> Optional[List[str]]:
     """delete_link inside the netns at `netns`; None when the netns or the link is already gone
     (DEL and undo treat both as done)."""
     if not netns:
         return None
     try:
         with in_netns(netns):
-            with iproute() as ipr:
-                return delete_link(ipr, name)
+            with Rtnl() as ipr:
+                return delete_link(ipr, name, addrs)
     except NetnsNotFound:
         return None
 
@@ -366,15 +492,17 @@ def settle_addresses(ipr: Any, index: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any]) -> None:
+def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any], found: Optional[Iface] = None) -> None:
     """Go ipam.ConfigureIface, in the container netns: the addresses whose `interface` index
     names `ifname` (re-enabling IPv6 on lo and the link first if needed), link up, DAD settle when
-    there is an IPv6 gateway, then the routes (a missing gw = the first gateway of the family)."""
+    there is an IPv6 gateway, then the routes (a missing gw = the first gateway of the family).
+    `found`: the link, when the caller just made it (saves looking it up by name)."""
     import ipaddress  # noqa: PLC0415
 
     if not result.get("interfaces"):
         raise fail("no interfaces to configure")
-    found = require_link(ipr, ifname, json_quote(ifname))
+    if found is None:
+        found = require_link(ipr, ifname, json_quote(ifname))
     v4gw = v6gw = None
     ipv6_enabled = False
     for ipc in result.get("ips") or []:

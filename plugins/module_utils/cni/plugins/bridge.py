@@ -54,7 +54,7 @@ class Bridge(Plugin):
         n = self.load(ctx, conf)
         if n["hairpinMode"] and n["promiscMode"]:
             raise link.fail("cannot set hairpin mode and promiscuous mode at the same time.")
-        with link.iproute() as ipr:
+        with link.rtnl() as ipr:
             br = ensure_bridge(ipr, n["bridge"], n["mtu"], n["promiscMode"], n["vlan"] != 0)
             host, cont = attach_veth(ipr, br, ctx.netns, ctx.ifname, n["mtu"], n["hairpinMode"], n["vlan"],
                                      n["mac"])
@@ -66,13 +66,15 @@ class Bridge(Plugin):
                 if n["macspoofchk"]:
                     done["spoof"] = True
                     spoofcheck_setup(host["name"], cont["mac"], f"{ctx.container_id}-{ctx.ifname}")
+                br_now = None
                 if ipam.ipam_type(conf):
-                    self._add_l3(ctx, conf, n, ipr, br, host, result, done)
+                    br_now = self._add_l3(ctx, conf, n, ipr, cont, host, result, done)
                 else:
                     with link.in_netns(ctx.netns):
-                        with link.iproute() as cipr:
+                        with link.rtnl() as cipr:
                             link.set_link(cipr, link.require_link(cipr, ctx.ifname)["index"], state="up")
-                br_now = link.get_link(ipr, n["bridge"])
+                if br_now is None:  # Go refetches: the MAC changes when the first port joins
+                    br_now = link.get_link(ipr, n["bridge"])
                 if br_now is None or br_now["kind"] != "bridge":
                     raise link.fail(f"could not lookup {link.json_quote(n['bridge'])}: Link not found")
                 result["interfaces"][0]["mac"] = br_now["mac"]
@@ -82,8 +84,10 @@ class Bridge(Plugin):
         result["dns"] = spec.new_result(dns=conf.get("dns"))["dns"]
         return result
 
-    def _add_l3(self, ctx: skel.Context, conf: Conf, n: Dict[str, Any], ipr: Any, br: link.Iface,
-                host: link.Iface, result: Result, done: Dict[str, bool]) -> None:
+    def _add_l3(self, ctx: skel.Context, conf: Conf, n: Dict[str, Any], ipr: Any, cont: link.Iface,
+                host: link.Iface, result: Result, done: Dict[str, bool]) -> Optional[link.Iface]:
+        """IPAM, the container side, the gateway on the bridge, masquerade. Returns the bridge as
+        refetched for the gateway when nothing after that can change it, else None."""
         got = ipam.delegate("ADD", ctx, conf)
         done["ipam"] = True
         faults.point("bridge.after_ipam_add")  # crash-safety tests (faults.py)
@@ -98,9 +102,10 @@ class Bridge(Plugin):
             else:
                 link.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/accept_dad", "0")
             link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
-            with link.iproute() as cipr:
-                link.configure_iface(cipr, ctx.ifname, result)
+            with link.rtnl() as cipr:
+                link.configure_iface(cipr, ctx.ifname, result, cont)
         wait_oper_up(ipr, host["name"])
+        br = None
         if n["isGateway"]:
             # refetch: a bridge whose ports all went (e.g. an ADD killed before its address was set)
             # has MAC 00:00:00:00:00:00 until this veth joined; pinning that stale MAC fails (Go #620)
@@ -120,12 +125,13 @@ class Bridge(Plugin):
                                    n["backend"])
             done["masq"] = True
             faults.point("bridge.after_masq")
+        return None if n["vlan"] else br  # a vlan gateway's veth joined the bridge after the refetch
 
     def _undo(self, ctx: skel.Context, conf: Conf, n: Dict[str, Any], done: Dict[str, bool]) -> None:
         """Take back a failed ADD: the veth pair (deleting one end deletes both), IPAM, masquerade.
         The bridge stays, as in Go: other containers may already use it."""
         try:
-            link.delete_link_in_netns(ctx.netns, ctx.ifname)
+            link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)
         except CNIError:
             pass
         try:
@@ -143,7 +149,7 @@ class Bridge(Plugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         n = self.load(ctx, conf)
         l3 = bool(ipam.ipam_type(conf))
-        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname)
+        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=l3 and n["ipMasq"])
         if l3:
             ipam.delegate("DEL", ctx, conf)  # after the link, like v1.1.1 (plugins#666)
         if n["macspoofchk"]:
@@ -173,13 +179,13 @@ class Bridge(Plugin):
                 br_map = intf
             elif intf.get("name") == ctx.ifname and intf.get("sandbox") == ctx.netns:
                 cont_map = intf
-        with link.iproute() as ipr:
+        with link.rtnl() as ipr:
             br = check_bridge(ipr, br_map, n["promiscMode"])
             if ctx.netns != cont_map.get("sandbox", ""):
                 raise link.fail(f"Sandbox in prevResult {cont_map.get('sandbox', '')} doesn't match configured "
                                 f"netns: {ctx.netns}")
             with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
+                with link.rtnl() as cipr:
                     cont = check_container_veth(cipr, cont_map)
             found_veth = False
             for intf in result["interfaces"]:
@@ -191,7 +197,7 @@ class Bridge(Plugin):
             if not found_veth:
                 raise link.fail(f"CNI veth created for bridge {n['bridge']} was not found")
         with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+            with link.rtnl() as cipr:
                 link.check_interface_ips(cipr, ctx.ifname, result["ips"])
                 link.check_routes(cipr, result["routes"])
         if n["ipMasq"] and result["ips"]:
@@ -202,17 +208,20 @@ class Bridge(Plugin):
 # --- steps (kept module-level: the vlan gateway reuses attach_veth) ----------------------------
 
 def ensure_bridge(ipr: Any, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> link.Iface:
-    """Go ensureBridge: create (EEXIST is fine), promisc on if asked, accept_ra=0, up."""
+    """Go ensureBridge: create (EEXIST is fine), promisc on if asked, accept_ra=0, up. An existing
+    link is looked up first (Go's create fails with EEXIST then), and set up only when down."""
     attrs: Dict[str, Any] = {"mtu": mtu} if mtu else {}
     if vlan_filtering:
         attrs["br_vlan_filtering"] = 1
-    try:
-        ipr.link("add", ifname=name, kind="bridge", **attrs)
-    except Exception as exc:  # noqa: BLE001
-        if link.netlink_error_code(exc) != 17:  # EEXIST
-            raise link.fail(f"failed to create bridge {link.json_quote(name)}: could not add "
-                            f"{link.json_quote(name)}", exc) from None
     br = link.get_link(ipr, name)
+    if br is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", **attrs)
+        except Exception as exc:  # noqa: BLE001
+            if link.netlink_error_code(exc) != 17:  # EEXIST: made meanwhile by a concurrent ADD
+                raise link.fail(f"failed to create bridge {link.json_quote(name)}: could not add "
+                                f"{link.json_quote(name)}", exc) from None
+        br = link.get_link(ipr, name)
     if br is None:
         raise link.fail(f"failed to create bridge {link.json_quote(name)}: could not lookup "
                         f"{link.json_quote(name)}: Link not found")
@@ -222,7 +231,8 @@ def ensure_bridge(ipr: Any, name: str, mtu: int, promisc: bool, vlan_filtering: 
         raise link.fail(f"failed to create bridge {link.json_quote(name)}: {link.json_quote(name)} already "
                         "exists but is not a bridge")
     link.sysctl_try_set(f"net/ipv6/conf/{name}/accept_ra", "0")
-    link.set_link(ipr, br["index"], state="up")
+    if not br["up"]:
+        link.set_link(ipr, br["index"], state="up")
     return br
 
 
@@ -239,7 +249,7 @@ def attach_veth(ipr: Any, br: link.Iface, netns: Optional[str], ifname: str, mtu
     host_fd = link.current_netns_fd()
     try:
         with link.in_netns(netns):
-            with link.iproute() as cipr:
+            with link.rtnl() as cipr:
                 host, cont = link.setup_veth(cipr, ifname, host_fd, mtu, parsed)
     finally:
         os.close(host_fd)
@@ -249,10 +259,11 @@ def attach_veth(ipr: Any, br: link.Iface, netns: Optional[str], ifname: str, mtu
         except Exception as exc:  # noqa: BLE001
             raise link.fail(f"failed to connect {link.json_quote(host['name'])} to bridge {br['name']}",
                             exc) from None
-        try:
-            ipr.brport("set", index=host["index"], mode=1 if hairpin else 0)
-        except Exception as exc:  # noqa: BLE001
-            raise link.fail(f"failed to setup hairpin mode for {host['name']}", exc) from None
+        if hairpin:  # a new bridge port starts with hairpin off: Go's "off" request changes nothing
+            try:
+                ipr.brport("set", index=host["index"], mode=1)
+            except Exception as exc:  # noqa: BLE001
+                raise link.fail(f"failed to setup hairpin mode for {host['name']}", exc) from None
         if vlan:
             try:
                 ipr.vlan_filter("add", index=host["index"], vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})

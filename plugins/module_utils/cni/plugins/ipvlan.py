@@ -44,7 +44,7 @@ class Ipvlan(SingleLinkPlugin):
         preset = prev if not ipam.ipam_type(conf) and prev is not None and prev["ips"] else None
         if preset is None and not ipam.ipam_type(conf):
             raise link.fail("ipvlan needs an IPAM configuration or a prevResult with addresses")
-        with link.iproute() as ipr:
+        with link.rtnl() as ipr:
             master_name = self.master(ipr, conf, prev)
             fd = link.open_netns(ctx.netns)
             try:
@@ -72,7 +72,7 @@ class Ipvlan(SingleLinkPlugin):
                 raise link.fail(f"Container ipvlan mode {have_name} does not match expected value: {want}")
 
         with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+            with link.rtnl() as cipr:
                 self.check_link(cipr, cont, "ipvlan", "ipvlan", same_mode)
                 link.check_interface_ips(cipr, ctx.ifname, result["ips"])
                 link.check_routes(cipr, result["routes"])

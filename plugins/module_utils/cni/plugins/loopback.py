@@ -16,7 +16,7 @@ class Loopback(Plugin):
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         with link.in_netns(ctx.netns):
-            with link.iproute() as ipr:
+            with link.rtnl() as ipr:
                 lo = link.require_link(ipr, "lo")
                 link.set_link(ipr, lo["index"], state="up")
                 first = {}
@@ -35,7 +35,7 @@ class Loopback(Plugin):
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         with link.in_netns(ctx.netns):
-            with link.iproute() as ipr:
+            with link.rtnl() as ipr:
                 if not link.require_link(ipr, "lo")["up"]:
                     raise link.fail("loopback interface is down")
 
@@ -44,7 +44,7 @@ class Loopback(Plugin):
             return
         try:
             with link.in_netns(ctx.netns):
-                with link.iproute() as ipr:
+                with link.rtnl() as ipr:
                     lo = link.require_link(ipr, "lo")
                     link.set_link(ipr, lo["index"], state="down")
         except link.NetnsNotFound:

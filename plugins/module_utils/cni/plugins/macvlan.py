@@ -44,7 +44,7 @@ class Macvlan(SingleLinkPlugin):
         return n
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        with link.iproute() as ipr:
+        with link.rtnl() as ipr:
             n = self.load(ctx, conf, ipr)
             fd = link.open_netns(ctx.netns)
             try:
@@ -60,7 +60,7 @@ class Macvlan(SingleLinkPlugin):
         self.load(ctx, conf, None, lookup_master=False)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        with link.iproute() as ipr:
+        with link.rtnl() as ipr:
             self.load(ctx, conf, ipr)
         result, cont = check_prelude(ctx, conf)
         want = mode_of(conf)
@@ -72,7 +72,7 @@ class Macvlan(SingleLinkPlugin):
                 raise link.fail(f"Container macvlan mode {have_name} does not match expected value: {want}")
 
         with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+            with link.rtnl() as cipr:
                 self.check_link(cipr, cont, "macvlan", "macvlan", same_mode)
                 link.check_interface_ips(cipr, ctx.ifname, result["ips"])
                 link.check_routes(cipr, result["routes"])

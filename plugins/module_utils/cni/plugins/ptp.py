@@ -40,7 +40,7 @@ class Ptp(Plugin):
             host_fd = link.open_netns("/proc/thread-self/ns/net")
             try:
                 with link.in_netns(ctx.netns):
-                    with link.iproute() as cipr:
+                    with link.rtnl() as cipr:
                         host, cont = link.setup_veth(cipr, ctx.ifname, host_fd, mtu)
                         veth_made = True
                         faults.point("ptp.after_veth")  # crash-safety tests (faults.py)
@@ -48,12 +48,12 @@ class Ptp(Plugin):
                             ip["interface"] = 1
                         result["interfaces"] = [{"name": host["name"], "mac": host["mac"]},
                                                 {"name": ctx.ifname, "mac": cont["mac"], "sandbox": ctx.netns}]
-                        link.configure_iface(cipr, ctx.ifname, result)
+                        link.configure_iface(cipr, ctx.ifname, result, cont)
                         container_routes(cipr, cont["index"], result)
             finally:
                 os.close(host_fd)
-            with link.iproute() as ipr:
-                host_side(ipr, host["name"], result)
+            with link.rtnl() as ipr:
+                host_side(ipr, host, result)
             if masq:
                 netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
                                        backend)
@@ -69,7 +69,7 @@ class Ptp(Plugin):
     def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool, masq_done: bool, backend: object) -> None:
         try:
             if veth_made:
-                link.delete_link_in_netns(ctx.netns, ctx.ifname)
+                link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)
             if masq_done:
                 netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, backend)  # type: ignore[arg-type]
             ipam.delegate("DEL", ctx, conf)
@@ -80,7 +80,7 @@ class Ptp(Plugin):
         masq = conf_field(conf, "ipMasq", bool, False)
         backend = conf_field(conf, "ipMasqBackend", str, None)
         ipam.delegate("DEL", ctx, conf)  # IPAM first, like v1.1.1 ptp
-        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname)
+        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=masq)
         if masq:
             # Go skips this when the netns/link is gone and leaks the chain; we remove it anyway
             netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, backend)
@@ -93,7 +93,7 @@ class Ptp(Plugin):
         conf_field(conf, "mtu", int, 0)
         result, cont = check_prelude(ctx, conf, "ptp: Required prevResult missing")
         with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+            with link.rtnl() as cipr:
                 found = link.get_link(cipr, cont["name"])
                 if found is None:
                     raise link.fail(f"ptp: Container Interface name in prevResult: {cont['name']} not found")
@@ -129,9 +129,8 @@ def container_routes(cipr: Any, index: int, result: Result) -> None:
             raise link.fail(f"failed to add route {net} via {gw}", exc) from None
 
 
-def host_side(ipr: Any, name: str, result: Result) -> None:
+def host_side(ipr: Any, veth: link.Iface, result: Result) -> None:
     """Each gateway as /32 (/128) on the host veth and a host-scope route to the container IP."""
-    veth = link.require_link(ipr, name, link.json_quote(name))
     for ipc in result["ips"]:
         iface = ipaddress.ip_interface(ipc["address"])
         bits = 32 if iface.version == 4 else 128

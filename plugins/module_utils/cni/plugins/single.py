@@ -38,11 +38,11 @@ class SingleLinkPlugin(Plugin):
                 result["routes"] = got["routes"]
                 result["dns"] = got.get("dns") or {}
             with link.in_netns(ctx.netns):
-                with link.iproute() as cipr:
+                with link.rtnl() as cipr:
                     if result["ips"]:
                         if self.arp_notify:
                             link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
-                        link.configure_iface(cipr, ctx.ifname, result)
+                        link.configure_iface(cipr, ctx.ifname, result, made)
                     else:
                         found = link.get_link(cipr, ctx.ifname)
                         if found is None:
@@ -59,7 +59,7 @@ class SingleLinkPlugin(Plugin):
     def undo(self, ctx: skel.Context, conf: Conf, ipam_done: bool) -> None:
         """A failed ADD leaves nothing: the link goes, and the IPAM reservation if one was made."""
         try:
-            link.delete_link_in_netns(ctx.netns, ctx.ifname)
+            link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)
         finally:
             if ipam_done:
                 try:
@@ -75,7 +75,7 @@ class SingleLinkPlugin(Plugin):
         if ipam.ipam_type(conf):
             ipam.delegate("DEL", ctx, conf)
         faults.point(f"{self.name}.del_after_ipam")
-        link.delete_link_in_netns(ctx.netns, ctx.ifname)  # a gone netns took its link with it
+        link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)  # a gone netns took its link with it
 
     def check_link(self, cipr: Any, cont: Dict[str, Any], kind: str, what: str,
                    validate: Optional[Callable[[link.Iface], None]] = None) -> link.Iface:

@@ -32,7 +32,7 @@ class Vlan(SingleLinkPlugin):
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(conf)
-        with link.iproute() as ipr:
+        with link.rtnl() as ipr:
             master = link.master_link(ipr, n["master"], n["mtu"])
             if not ipam.ipam_type(conf):
                 raise link.fail("failed to execute IPAM delegate: vlan needs an IPAM configuration")
@@ -58,7 +58,7 @@ class Vlan(SingleLinkPlugin):
                                 f"expected value: {n['vlanId']}")
 
         with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+            with link.rtnl() as cipr:
                 self.check_link(cipr, cont, "vlan", "vlan", same_id)
                 link.check_interface_ips(cipr, ctx.ifname, result["ips"])
                 link.check_routes(cipr, result["routes"])
