@@ -182,7 +182,8 @@ def test_compiled_plugins_are_one_binary(work):
         assert fh.read(2) == b"#!"  # the CLI stays a Python launcher
 
 
-@pytest.mark.parametrize("env", [{"PATH": "/nonexistent"}, {"CC": "false"}], ids=["no-cc", "failing-cc"])
+@pytest.mark.parametrize("env", [{"PATH": "/nonexistent"}, {"CC": "false"}, {"CC": ""}],
+                         ids=["no-cc", "failing-cc", "cc-set-empty"])
 def test_without_a_working_compiler_the_launchers_are_scripts(work, env):
     dest = os.path.join(work, "nocc")
     sock = os.path.join(work, "absent.sock")
@@ -190,7 +191,7 @@ def test_without_a_working_compiler_the_launchers_are_scripts(work, env):
                            "--agent-socket", sock], env=dict(os.environ, **env), capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert ("writing script launchers instead" in proc.stderr) == ("CC" in env)
+    assert ("writing script launchers instead" in proc.stderr) == (env.get("CC") == "false")
     with open(os.path.join(dest, "host-local"), "rb") as fh:
         assert fh.read().startswith(b"#!/bin/sh")
     out = exec_in(dest, "ADD", hl_conf(os.path.join(work, "data")), cid="n1")

@@ -71,13 +71,13 @@ def c_literal(data: bytes) -> str:
 
 def compile_shim(out: str, cc: Optional[str], baked: Dict[str, str]) -> bool:
     """Build shim.c into `out` with `baked` (CNIKIT_<key> -> value) compiled in; False when there is
-    no C compiler (`cc` None: $CC or cc; "": none wanted) or it fails - the caller then writes the
-    dash + Python launchers."""
+    no C compiler (`cc` None: $CC, else cc; "" - or $CC set empty - none wanted) or it fails - the
+    caller then writes the dash + Python launchers."""
     import shlex  # noqa: PLC0415 - only when installing
     import shutil  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
-    argv = shlex.split(os.environ.get("CC") or "cc") if cc is None else shlex.split(cc)
+    argv = shlex.split(os.environ.get("CC", "cc") if cc is None else cc)
     if not argv or shutil.which(argv[0]) is None or not os.path.exists(SHIM_SOURCE):
         return False
     defines = [f"-DCNIKIT_{key}={c_literal(value.encode('utf-8', 'surrogateescape'))}" for key, value in baked.items()]
@@ -97,7 +97,7 @@ def write_executables(dest: str, python: str, libdir: str, names: Optional[List[
                       cc: Optional[str] = None) -> List[str]:
     """Write one executable per plugin name (and the `cnikit` CLI) into `dest`, atomically; return
     the paths. `socket` is the node agent's (default agent.DEFAULT_SOCKET). The plugins are one
-    compiled shim hard-linked under every name when `cc` (default $CC or cc) builds it, else dash
+    compiled shim hard-linked under every name when `cc` (default $CC, else cc) builds it, else dash
     launchers running shim.py."""
     import shlex  # noqa: PLC0415 - only when installing
 
@@ -107,8 +107,8 @@ def write_executables(dest: str, python: str, libdir: str, names: Optional[List[
     socket = socket or agent.DEFAULT_SOCKET
     os.makedirs(dest, exist_ok=True)
     binary = os.path.join(dest, f".cnikit-shim.tmp{os.getpid()}")
-    if not (cc != "" and compile_shim(binary, cc, {"VERSION_REPLY": version, "SOCKET": socket, "PYTHON": python,
-                                                     "LIBDIR": libdir, "ENGINE": shim.ENGINE})):
+    if not compile_shim(binary, cc, {"VERSION_REPLY": version, "SOCKET": socket, "PYTHON": python,
+                                     "LIBDIR": libdir, "ENGINE": shim.ENGINE}):
         binary = ""
     q = shlex.quote
     plugin_text = PLUGIN_LAUNCHER.format(
