@@ -182,6 +182,14 @@ def test_compiled_plugins_are_one_binary(work):
         assert fh.read(2) == b"#!"  # the CLI stays a Python launcher
 
 
+def test_compiled_shim_without_its_engine_prints_a_cni_error(work):
+    """No agent and the engine interpreter gone (a broken install): a CNI error on stdout, not a crash."""
+    out = exec_in(bindir(work, "broken", NO_PYTHON, os.path.join(work, "absent.sock")), "ADD",
+                  hl_conf(os.path.join(work, "data")), cid="b1")
+    assert out.rc == 1 and out.json == {"code": 999, "msg": f"cnikit: cannot exec the engine interpreter {NO_PYTHON}",
+                                        "details": "No such file or directory"}
+
+
 @pytest.mark.parametrize("env", [{"PATH": "/nonexistent"}, {"CC": "false"}, {"CC": ""}],
                          ids=["no-cc", "failing-cc", "cc-set-empty"])
 def test_without_a_working_compiler_the_launchers_are_scripts(work, env):

@@ -87,15 +87,13 @@ static int read_all(int fd, struct buf *b) {
     }
 }
 
-/* A CNI error on stdout (the protocol's way to fail), for the one thing this program can't relay. */
+/* A CNI error on stdout (the protocol's way to fail), for what this program can't relay. */
 static void die(const char *msg, int err) {
+    const char *parts[] = {"{\n    \"code\": 999,\n    \"msg\": \"", msg, "\",\n    \"details\": \"", strerror(err),
+                           "\"\n}\n"};
     struct buf b = {0};
-    const char *reason = strerror(err);
-    put(&b, "{\n    \"code\": 999,\n    \"msg\": \"", 32);
-    put(&b, msg, strlen(msg));
-    put(&b, "\",\n    \"details\": \"", 19);
-    put(&b, reason, strlen(reason));
-    put(&b, "\"\n}\n", 4);
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        put(&b, parts[i], strlen(parts[i]));
     write_all(1, b.p, b.n);
     _exit(1);
 }
