@@ -149,8 +149,9 @@ class Rtnl:
         self.close()
 
     def request(self, mode: str, command: str, kwarg: Dict[str, Any]) -> List[Any]:
-        """One request built by pyroute2's filters for `mode`; the replies (a dump: the matching
-        ones). A kernel refusal raises pyroute2's NetlinkError, as IPRoute does."""
+        """One request built by pyroute2's filters for `mode`; its data replies (a dump: the
+        matching ones; a change: none, where IPRoute returns the bare ACK). A kernel refusal raises
+        pyroute2's NetlinkError, as IPRoute does."""
         from pyroute2.iproute.linux import get_arguments_processor, get_dump_filter  # noqa: PLC0415
         from pyroute2.netlink.nlsocket import NetlinkRequest  # noqa: PLC0415
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: PLC0415

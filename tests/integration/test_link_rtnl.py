@@ -1,0 +1,152 @@
+"""link.Rtnl, the plain-socket rtnetlink transport of the link plugins: every request it sends is
+byte-for-byte the one pyroute2's IPRoute sends for the same call (only sequence number and port id
+differ), its replies decode to the same messages, and kernel refusals surface as IPRoute's do."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cnitest  # noqa: E402
+from cni import link  # noqa: E402
+
+
+def strip_header(data: bytes) -> bytes:
+    """A request without its sequence number and port id (bytes 8..16 of the nlmsghdr)."""
+    return data[:8] + bytes(8) + data[16:]
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Requests as sent, per transport: {"iproute": [...], "rtnl": [...]}."""
+    from pyroute2.netlink.core import AsyncCoreSocket
+
+    out = {"iproute": [], "rtnl": []}
+    for cls, key in ((AsyncCoreSocket, "iproute"), (link.Rtnl, "rtnl")):
+        original = cls.send
+
+        def send(self, data, *flags, _original=original, _key=key):
+            out[_key].append(bytes(data))
+            return _original(self, data, *flags)
+
+        monkeypatch.setattr(cls, "send", send)
+    return out
+
+
+def both(ipr, rtnl, sent, call):
+    """Run `call` on IPRoute, then on Rtnl; the one request each sent must be the same bytes.
+    Returns (IPRoute outcome, Rtnl outcome): the reply list, or the NetlinkError code."""
+    outcomes = []
+    for sock, key in ((ipr, "iproute"), (rtnl, "rtnl")):
+        sent[key].clear()
+        try:
+            # IPRoute also returns the bare ACK of a change; Rtnl returns data replies only
+            outcomes.append([m for m in call(sock) if m["header"]["type"] != 2])
+        except Exception as exc:  # noqa: BLE001 - compared below
+            code = link.netlink_error_code(exc)
+            assert code is not None, exc
+            outcomes.append(code)
+        assert len(sent[key]) == 1, (key, len(sent[key]))
+    assert strip_header(sent["iproute"][0]) == strip_header(sent["rtnl"][0])
+    return outcomes
+
+
+def plain(msgs):
+    """Messages without their headers (sequence numbers and socket details differ)."""
+    return [sorted((k, repr(v)) for k, v in dict(m).items() if k != "header") for m in msgs]
+
+
+def test_requests_and_replies_match_iproute(netns_factory, sent):
+    """The requests the link plugins make, on a bridge, a veth pair into a second netns, addresses
+    and routes: same bytes out, same state changes, same replies (dumps) and refusals."""
+    node, other = netns_factory(), netns_factory()
+    with link.in_netns(f"/run/netns/{node}"):
+        ipr, rtnl = link.iproute(), link.Rtnl()
+    fd = link.open_netns(f"/run/netns/{other}")
+    try:
+        # created by IPRoute, then refused (EEXIST) to Rtnl: the same create request
+        br = both(ipr, rtnl, sent, lambda s: s.link("add", ifname="br0", kind="bridge"))
+        assert br == [[], 17]
+        made = both(ipr, rtnl, sent, lambda s: s.link("add", ifname="v0", kind="veth", txqlen=0, mtu=1400,
+                                                     peer={"ifname": "v1", "net_ns_fd": fd, "txqlen": 0}))
+        assert made == [[], 17]
+        got = both(ipr, rtnl, sent, lambda s: s.link("get", ifname="v0"))
+        assert [link.iface_info(m) | {"data": None} for m in got[0]] == \
+               [link.iface_info(m) | {"data": None} for m in got[1]]
+        v0, br0 = got[1][0]["index"], link.get_link(rtnl, "br0")["index"]
+        assert both(ipr, rtnl, sent, lambda s: s.link("get", index=v0))[1][0].get_attr("IFLA_IFNAME") == "v0"
+        assert both(ipr, rtnl, sent, lambda s: s.link("get", ifname="nope")) == [19, 19]
+        both(ipr, rtnl, sent, lambda s: s.link("set", index=v0, state="up"))
+        both(ipr, rtnl, sent, lambda s: s.link("set", index=v0, master=br0))
+        both(ipr, rtnl, sent, lambda s: s.brport("set", index=v0, mode=1))
+        both(ipr, rtnl, sent, lambda s: s.link("set", index=br0, address="02:00:00:00:00:01"))
+        both(ipr, rtnl, sent, lambda s: s.vlan_filter("add", index=v0,
+                                                       vlan_info={"vid": 42, "flags": ["pvid", "untagged"]}))
+        assert both(ipr, rtnl, sent, lambda s: s.addr("add", index=br0, address="10.5.0.1", prefixlen=24,
+                                                       broadcast="10.5.0.255")) == [[], 17]
+        both(ipr, rtnl, sent, lambda s: s.link("set", index=br0, state="up"))
+        assert both(ipr, rtnl, sent, lambda s: s.route("append", dst="10.6.0.0", dst_len=16, oif=br0, family=2,
+                                                        proto=3, gateway="10.5.0.9")) == [[], 17]
+        assert both(ipr, rtnl, sent, lambda s: s.route("add", dst="10.7.0.1", dst_len=32, oif=br0, family=2,
+                                                        proto=3, scope=253, prefsrc="10.5.0.1")) == [[], 17]
+        addrs = both(ipr, rtnl, sent, lambda s: s.get_addr(index=br0, family=2))
+        assert plain(addrs[0]) == plain(addrs[1]) and len(addrs[1]) == 1
+        routes = both(ipr, rtnl, sent, lambda s: s.get_routes(family=2, table=254))
+        assert plain(routes[0]) == plain(routes[1]) and len(routes[1]) == 3  # subnet, append, on-link
+        assert both(ipr, rtnl, sent, lambda s: s.route("del", dst="10.6.0.0", dst_len=16, oif=br0, family=2,
+                                                        proto=0, scope=255)) == [[], 3]  # ESRCH
+        assert both(ipr, rtnl, sent, lambda s: s.link("del", ifname="v0")) == [[], 19]
+    finally:
+        os.close(fd)
+        ipr.close()
+        rtnl.close()
+    state = cnitest.ip_json("link show", node)
+    assert sorted(i["ifname"] for i in state) == ["br0", "lo"]
+    br_state = next(i for i in state if i["ifname"] == "br0")
+    assert br_state["address"] == "02:00:00:00:00:01" and "UP" in br_state["flags"]
+    assert [i["ifname"] for i in cnitest.ip_json("link show", other)] == ["lo"]  # v1 went with v0
+
+
+def test_refusal_leaves_no_reply_for_the_next_request(netns):
+    """A refused request's error is consumed with it: the next request gets its own reply."""
+    with link.in_netns(f"/run/netns/{netns}"):
+        with link.rtnl() as rtnl:
+            with pytest.raises(Exception) as err:
+                rtnl.link("set", index=9999, state="up")
+            assert link.netlink_error_code(err.value) == 19
+            assert link.get_link(rtnl, "lo")["index"] == 1
+            assert link.delete_link(rtnl, "nope", addrs=False) is None
+            assert link.delete_link(rtnl, "nope") is None
+            assert link.get_link(rtnl, index=1)["name"] == "lo"
+
+
+def test_delete_by_name_without_addresses(netns):
+    """DEL's single request: the link goes, [] is returned; the address-returning form still
+    reports the global addresses (for the masquerade teardown)."""
+    ns = f"/run/netns/{netns}"
+    cnitest.sh(f"ip -n {netns} link add d0 type veth peer name d1 && ip -n {netns} addr add 10.9.0.2/24 dev d0 "
+               f"&& ip -n {netns} link add e0 type veth peer name e1 && ip -n {netns} addr add 10.9.1.2/24 dev e0")
+    assert link.delete_link_in_netns(ns, "d0", addrs=False) == []
+    assert link.delete_link_in_netns(ns, "e0") == ["10.9.1.2/24"]
+    assert [i["ifname"] for i in cnitest.ip_json("link show", netns)] == ["lo"]
+    assert link.delete_link_in_netns(ns, "d0", addrs=False) is None
+    assert link.delete_link_in_netns("/run/netns/gone", "d0", addrs=False) is None
+
+
+def test_bridge_add_sets_an_existing_down_bridge_up(netns, tmp_path):
+    """The bridge is looked up before it is created and set up only when down: a pre-made bridge
+    that is down is still brought up, as Go's unconditional LinkSetUp does."""
+    cnitest.sh("ip link add brdn type bridge")
+    try:
+        conf = {"cniVersion": "1.0.0", "name": "brdn", "type": "bridge", "bridge": "brdn", "isGateway": True,
+                "ipam": {"type": "host-local", "subnet": "10.13.0.0/24", "dataDir": str(tmp_path)}}
+        out = cnitest.inproc("bridge", "ADD", conf, netns=f"/run/netns/{netns}")
+        assert out.rc == 0, out.stderr
+        br = cnitest.ip_json("link show brdn")[0]
+        assert "UP" in br["flags"] and out.json["interfaces"][0]["mac"] == br["address"]
+        assert cnitest.inproc("bridge", "DEL", conf, netns=f"/run/netns/{netns}").rc == 0
+        assert [i["ifname"] for i in cnitest.ip_json("link show", netns)] == ["lo"]
+    finally:
+        cnitest.sh("ip link del brdn", check=False)
