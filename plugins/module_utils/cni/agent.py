@@ -1,8 +1,8 @@
 """The per-node agent: the engine and pyroute2 kept warm in one process, serving the CNI executables.
 
-Each executable is a shim (shim.py) that sends argv[0] + environment + stdin over a unix socket;
-the agent runs exactly what the in-process executable runs (`skel.execute` on the registry's
-plugin) and sends back exit code + stdout + stderr.
+Each executable is a shim (shim.c compiled, or shim.py) that sends argv[0] + environment + stdin
+over a unix socket; the agent runs exactly what the in-process executable runs (`skel.execute` on
+the registry's plugin) and sends back exit code + stdout + stderr.
 
 It holds no state of its own: every lease, result and rule lives on disk or in the kernel under the
 same locks the in-process path takes, so killing it loses nothing, and the shims fall back to
