@@ -48,6 +48,13 @@ def forbid_nft_process(monkeypatch):
 def use_fallback(monkeypatch, how):
     if how == "env":
         monkeypatch.setenv(nft.FORCE_EXEC_ENV, "1")
+    elif how == "no-library":  # the binding loads, libnftables.so.1 does not
+
+        class Binding:
+            def __init__(self):
+                raise OSError("libnftables.so.1: cannot open shared object file")
+
+        monkeypatch.setattr(nft, "_binding", [Binding])
     else:  # the binding cannot be loaded at all
         monkeypatch.setitem(sys.modules, "nftables", None)
         monkeypatch.setattr(nft, "SYSTEM_BINDING", "/nonexistent/nftables.py")
@@ -96,7 +103,7 @@ def test_the_binding_is_used_in_process_without_any_nft_process(clean, monkeypat
     assert "10.60.0" not in text and "18080" not in text and "10.61.0.9" not in text
 
 
-@pytest.mark.parametrize("how", ["env", "no-binding"])
+@pytest.mark.parametrize("how", ["env", "no-binding", "no-library"])
 def test_the_nft_executable_fallback_has_identical_effects(clean, monkeypatch, how):
     in_process = scenario()
     after_in_process = teardown()

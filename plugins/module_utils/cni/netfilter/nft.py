@@ -74,16 +74,16 @@ def _context() -> Any:
     if cls is None:
         return None
     st = os.stat("/proc/thread-self/ns/net")
-    netns = (st.st_dev, st.st_ino)
-    if getattr(_local, "netns", None) != netns:
+    key = (st.st_dev, st.st_ino, os.getpid())  # a forked child must not share the parent's socket
+    if getattr(_local, "key", None) != key:
         try:
             ctx = cls()
-        except OSError:  # the binding is there but libnftables.so.1 is not
+        except (OSError, AttributeError):  # the binding is there but libnftables.so.1 is not (or too old)
             with _binding_lock:
                 _binding[:] = [None]
             return None
         ctx.set_json_output(False)
-        _local.ctx, _local.netns = ctx, netns
+        _local.ctx, _local.key = ctx, key
     return _local.ctx
 
 
