@@ -78,6 +78,19 @@ def lease_files(datadir: str) -> Dict[str, str]:
     return leases
 
 
+def is_store_bookkeeping(path: str, store_dirs: Iterable[str]) -> bool:
+    """A host-local dataDir, its per-network dir, `lock` or `last_reserved_ip.N`: what a store
+    keeps after every lease is released (Go's does too). Lease files are not bookkeeping."""
+    for root in store_dirs:
+        if path == root:
+            return True
+        if path.startswith(root.rstrip("/") + "/"):
+            parts = path[len(root.rstrip("/")) + 1:].split("/")
+            if len(parts) == 1 or (len(parts) == 2 and (parts[1] == "lock" or parts[1].startswith("last_reserved_ip."))):
+                return True
+    return False
+
+
 ENGINE = os.path.join(cnitest.LIB, "cni")
 _SHELL_RE = re.compile(r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput|subprocess\.getstatusoutput"
                        r"|\[\s*['\"](?:/bin/)?(?:ba)?sh['\"]\s*,\s*['\"]-c['\"]")
