@@ -73,8 +73,8 @@ def test_requests_and_replies_match_iproute(netns_factory, sent):
                                                      peer={"ifname": "v1", "net_ns_fd": fd, "txqlen": 0}))
         assert made == [[], 17]
         got = both(ipr, rtnl, sent, lambda s: s.link("get", ifname="v0"))
-        assert [link.iface_info(m) | {"data": None} for m in got[0]] == \
-               [link.iface_info(m) | {"data": None} for m in got[1]]
+        assert [link.iface_info(m) | {"linkinfo": None} for m in got[0]] == \
+               [link.iface_info(m) | {"linkinfo": None} for m in got[1]]
         v0, br0 = got[1][0]["index"], link.get_link(rtnl, "br0")["index"]
         assert both(ipr, rtnl, sent, lambda s: s.link("get", index=v0))[1][0].get_attr("IFLA_IFNAME") == "v0"
         assert both(ipr, rtnl, sent, lambda s: s.link("get", ifname="nope")) == [19, 19]
@@ -150,3 +150,23 @@ def test_bridge_add_sets_an_existing_down_bridge_up(netns, tmp_path):
         assert [i["ifname"] for i in cnitest.ip_json("link show", netns)] == ["lo"]
     finally:
         cnitest.sh("ip link del brdn", check=False)
+
+
+def test_macvlan_check_reads_the_mode(netns, tmp_path):
+    """CHECK decodes the kind's data only when it needs it (link.info_data): the macvlan mode of
+    the container link is compared with the config, with Go's message on a mismatch."""
+    cnitest.sh("ip link add m9 type veth peer name m9p")
+    try:
+        conf = {"cniVersion": "1.0.0", "name": "mvc", "type": "macvlan", "master": "m9", "mode": "vepa",
+                "ipam": {"type": "host-local", "subnet": "10.14.0.0/24", "dataDir": str(tmp_path)}}
+        out = cnitest.run("macvlan", "ADD", conf, netns=f"/run/netns/{netns}")
+        assert out.rc == 0, out.stdout
+        prev = dict(conf, prevResult=out.json)
+        assert cnitest.run("macvlan", "CHECK", prev, netns=f"/run/netns/{netns}").rc == 0
+        ours = cnitest.run("macvlan", "CHECK", dict(prev, mode="bridge"), netns=f"/run/netns/{netns}")
+        go = cnitest.run("macvlan", "CHECK", dict(prev, mode="bridge"), go=True, netns=f"/run/netns/{netns}")
+        assert ours.json["msg"] == go.json["msg"] == "Container macvlan mode vepa does not match expected value: bridge"
+        assert (ours.rc, ours.code) == (go.rc, go.code)
+        assert cnitest.run("macvlan", "DEL", conf, netns=f"/run/netns/{netns}").rc == 0
+    finally:
+        cnitest.sh("ip link del m9", check=False)

@@ -66,7 +66,7 @@ class Ipvlan(SingleLinkPlugin):
         want = mode_of(conf)
 
         def same_mode(found: link.Iface) -> None:
-            have = found["data"].get_attr("IFLA_IPVLAN_MODE") if found["data"] is not None else None
+            have = link.info_data(found, "IFLA_IPVLAN_MODE")
             have_name = {v: k for k, v in MODES.items()}.get(have, str(have))
             if have_name != want:
                 raise link.fail(f"Container ipvlan mode {have_name} does not match expected value: {want}")

@@ -66,7 +66,7 @@ class Macvlan(SingleLinkPlugin):
         want = mode_of(conf)
 
         def same_mode(found: link.Iface) -> None:
-            have = found["data"].get_attr("IFLA_MACVLAN_MODE") if found["data"] is not None else None
+            have = link.info_data(found, "IFLA_MACVLAN_MODE")
             have_name = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru"}.get(have, str(have))
             if have_name != want:
                 raise link.fail(f"Container macvlan mode {have_name} does not match expected value: {want}")

@@ -52,7 +52,7 @@ class Vlan(SingleLinkPlugin):
         result, cont = check_prelude(ctx, conf)
 
         def same_id(found: link.Iface) -> None:
-            have = found["data"].get_attr("IFLA_VLAN_ID") if found["data"] is not None else None
+            have = link.info_data(found, "IFLA_VLAN_ID")
             if have != n["vlanId"]:
                 raise link.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
                                 f"expected value: {n['vlanId']}")
