@@ -200,3 +200,34 @@ def test_one_context_per_thread_and_network_namespace(clean, netns):
     assert "cnikit_probe" not in cnitest.sh("nft list tables")
     nft.run(["add table inet cnikit_probe", "delete table inet cnikit_probe"])  # main thread: root netns
     assert nft._context() is main_ctx
+
+
+def test_threads_changing_rules_at_once_each_get_exactly_their_own(clean):
+    errors = []
+
+    def worker(t):
+        try:
+            for i in range(15):
+                cid, addr = f"t{t}c{i}", f"10.63.{t}.{i + 2}/24"
+                netfilter.setup_ipmasq("mnet", cid, [addr])
+                netfilter.check_ipmasq("mnet", cid, [addr])
+                s = pm_settings(addr, [{"hostPort": 20000 + t * 100 + i, "containerPort": 80, "protocol": "tcp"}])
+                portmap.nft_add(s, "pmnet", cid)
+                portmap.nft_check(s, "pmnet", cid)
+                if i % 2:  # half are removed again, half stay
+                    portmap.nft_del("pmnet", cid, s)
+                    netfilter.teardown_ipmasq("mnet", cid, [addr])
+        except Exception as exc:  # noqa: BLE001 - reported below with the thread
+            errors.append((t, exc))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    text = mu.nft_ruleset()
+    for t in range(4):
+        for i in range(15):
+            assert (f"10.63.{t}.{i + 2} : jump" in text) == (i % 2 == 0)
+            assert (f"tcp . {20000 + t * 100 + i} : jump" in text) == (i % 2 == 0)

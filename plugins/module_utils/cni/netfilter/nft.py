@@ -34,6 +34,7 @@ NFT = "nft"
 FORCE_EXEC_ENV = "CNIKIT_NFT_EXEC"
 SYSTEM_BINDING = "/usr/lib/python3/dist-packages/nftables/nftables.py"
 MASQ_TABLE = "cnikit_masq"
+EINTR_TRIES = 5
 MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 
 _binding: List[Any] = []  # [Nftables class or None], filled on first use
@@ -77,7 +78,8 @@ def _context() -> Any:
     key = (st.st_dev, st.st_ino, os.getpid())  # a forked child must not share the parent's socket
     if getattr(_local, "key", None) != key:
         try:
-            ctx = cls()
+            with _binding_lock:  # contexts are made one at a time: the library's set-up is not documented thread-safe
+                ctx = cls()
         except (OSError, AttributeError):  # the binding is there but libnftables.so.1 is not (or too old)
             with _binding_lock:
                 _binding[:] = [None]
@@ -90,6 +92,16 @@ def _context() -> Any:
 def command(text: str, as_json: bool = False) -> Tuple[int, str, str]:
     """Run nft commands (one line or a whole batch, applied as one transaction): (rc, stdout, stderr).
     `as_json` is for one read command (list ...)."""
+    for _ in range(EINTR_TRIES):
+        rc, out, err = _command_once(text, as_json)
+        # a netlink dump (`get element`, a listing) that a concurrent change interrupted; nft
+        # retries its own cache fills but not these, and a batch that failed applied nothing
+        if rc == 0 or "Interrupted system call" not in err:
+            break
+    return rc, out, err
+
+
+def _command_once(text: str, as_json: bool) -> Tuple[int, str, str]:
     ctx = _context()
     if ctx is not None:
         ctx.set_json_output(as_json)
