@@ -19,6 +19,7 @@ import concurrent.futures
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -88,7 +89,7 @@ def agent_factory(work):
 
 
 def bindir(work: str, name: str, python: str, sock: str, plugins=("host-local", "bridge"), kind="compiled") -> str:
-    if kind == "compiled" and shutil.which(os.environ.get("CC", "cc") or "cc") is None:
+    if kind == "compiled" and shutil.which((shlex.split(os.environ.get("CC", "cc")) or ["cc"])[0]) is None:
         pytest.skip("no C compiler (cc) on this machine: the compiled shim cannot be built")
     dest = os.path.join(work, f"{name}-{kind}")
     cni_main.write_executables(dest, python, cnitest.LIB, list(plugins), socket=sock,

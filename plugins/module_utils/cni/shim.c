@@ -56,6 +56,8 @@ static void reserve(struct buf *b, size_t n) {
 }
 
 static void put(struct buf *b, const void *data, size_t n) {
+    if (!n) /* an empty buffer may have no memory at all */
+        return;
     reserve(b, n);
     memcpy(b->p + b->n, data, n);
     b->n += n;
