@@ -114,7 +114,8 @@ class Rtnl:
     reply (MarshalRtnl); this class only sends and receives on a plain blocking socket. pyroute2
     0.9's IPRoute runs an asyncio round per request and sets up an event loop per socket: ~0.2 ms
     per request and ~0.3 ms per socket here. IPRoute (`iproute()`) stays for everything else (tc,
-    rules, full dumps)."""
+    rules, full dumps). The pyroute2 internals used here are pinned by tests/integration/
+    test_link_rtnl.py: each request must be the same bytes IPRoute sends."""
 
     def __init__(self) -> None:
         import socket  # noqa: PLC0415
