@@ -34,8 +34,4 @@ class Dummy(SingleLinkPlugin):
             if not found["up"]:
                 raise link.fail(f"Interface {cont['name']} is down")
 
-        with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
-                self.check_link(cipr, cont, "dummy", "dummy", is_up)
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        self.check_container(ctx, result, cont, "dummy", "dummy", is_up)

@@ -13,16 +13,9 @@ from typing import Any, Optional
 
 from .. import ipam, link, skel
 from . import Conf, Result, conf_field, prev_result
-from .single import SingleLinkPlugin, check_prelude
+from .single import SingleLinkPlugin, mode_field
 
-MODES = {"l2": 0, "l3": 1, "l3s": 2}  # IPVLAN_MODE_*
-
-
-def mode_of(conf: Conf) -> str:
-    mode = conf_field(conf, "mode", str, "") or "l2"
-    if mode not in MODES:
-        raise link.fail(f"unknown ipvlan mode: {link.json_quote(mode)}")
-    return mode
+MODES = {"l2": 0, "l3": 1, "l3s": 2}  # IPVLAN_MODE_*; the first is the default
 
 
 class Ipvlan(SingleLinkPlugin):
@@ -48,7 +41,7 @@ class Ipvlan(SingleLinkPlugin):
             master_name = self.master(ipr, conf, prev)
             fd = link.open_netns(ctx.netns)
             try:
-                mode = mode_of(conf)
+                mode = mode_field(conf, self.name, MODES)
                 master = link.get_link(ipr, master_name)
                 if master is None:
                     raise link.fail(f"failed to lookup master {link.json_quote(master_name)}: Link not found")
@@ -62,17 +55,4 @@ class Ipvlan(SingleLinkPlugin):
         conf_field(conf, "mtu", int, 0)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        result, cont = check_prelude(ctx, conf)
-        want = mode_of(conf)
-
-        def same_mode(found: link.Iface) -> None:
-            have = link.info_data(found, "IFLA_IPVLAN_MODE")
-            have_name = {v: k for k, v in MODES.items()}.get(have, str(have))
-            if have_name != want:
-                raise link.fail(f"Container ipvlan mode {have_name} does not match expected value: {want}")
-
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as cipr:
-                self.check_link(cipr, cont, "ipvlan", "ipvlan", same_mode)
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        self.check_mode(ctx, conf, MODES, "IFLA_IPVLAN_MODE")

@@ -12,16 +12,9 @@ from typing import Any, Dict
 
 from .. import link, skel
 from . import Conf, Result, conf_field
-from .single import SingleLinkPlugin, check_prelude
+from .single import SingleLinkPlugin, mode_field
 
-MODES = ("bridge", "private", "vepa", "passthru")
-
-
-def mode_of(conf: Conf) -> str:
-    mode = conf_field(conf, "mode", str, "") or "bridge"
-    if mode not in MODES:
-        raise link.fail(f"unknown macvlan mode: {link.json_quote(mode)}")
-    return mode
+MODES = {"bridge": 4, "private": 1, "vepa": 2, "passthru": 8}  # MACVLAN_MODE_*; the first is the default
 
 
 class Macvlan(SingleLinkPlugin):
@@ -48,7 +41,7 @@ class Macvlan(SingleLinkPlugin):
             n = self.load(ctx, conf, ipr)
             fd = link.open_netns(ctx.netns)
             try:
-                mode = mode_of(conf)
+                mode = mode_field(conf, self.name, MODES)
                 mac = link.mac_arg(n["mac"])
                 made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "macvlan", "macvlan", mtu=n["mtu"],
                                             mac=mac, link=n["master_index"], macvlan_mode=mode)
@@ -62,17 +55,4 @@ class Macvlan(SingleLinkPlugin):
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         with link.rtnl() as ipr:
             self.load(ctx, conf, ipr)
-        result, cont = check_prelude(ctx, conf)
-        want = mode_of(conf)
-
-        def same_mode(found: link.Iface) -> None:
-            have = link.info_data(found, "IFLA_MACVLAN_MODE")
-            have_name = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru"}.get(have, str(have))
-            if have_name != want:
-                raise link.fail(f"Container macvlan mode {have_name} does not match expected value: {want}")
-
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as cipr:
-                self.check_link(cipr, cont, "macvlan", "macvlan", same_mode)
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        self.check_mode(ctx, conf, MODES, "IFLA_MACVLAN_MODE")

@@ -74,8 +74,4 @@ class Tap(SingleLinkPlugin):
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         self.load(ctx, conf)
         result, cont = check_prelude(ctx, conf)
-        with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
-                self.check_link(cipr, cont, "tun", "tap")
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        self.check_container(ctx, result, cont, "tun", "tap")

@@ -57,8 +57,4 @@ class Vlan(SingleLinkPlugin):
                 raise link.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
                                 f"expected value: {n['vlanId']}")
 
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as cipr:
-                self.check_link(cipr, cont, "vlan", "vlan", same_id)
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        self.check_container(ctx, result, cont, "vlan", "vlan", same_id)
