@@ -21,7 +21,6 @@ import ipaddress
 import re
 import socket
 import sys
-import zlib
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import faults, link, netfilter, skel, spec
@@ -33,12 +32,13 @@ from . import Conf, Plugin, Result, conf_field, prev_result
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_MARK_BIT = 13
 NFT_TABLE = "cnikit_hostport"
-NFT_OWNERS = "owners"
 TOP_DNAT = "CNI-HOSTPORT-DNAT"
 SETMARK = "CNI-HOSTPORT-SETMARK"
 MARK_MASQ = "CNI-HOSTPORT-MASQ"
 OLD_TOP_SNAT = "CNI-HOSTPORT-SNAT"
 MULTIPORT_MAX = 15
+# what a DNAT rule's comment may name: "<map> <key>" entries joined by ";"
+_NFT_KEY = re.compile(r"^(ports[46] [a-z]+ \. \d+|hostip[46] [0-9a-f.:]+ \. [a-z]+ \. \d+|post[46] [0-9a-f.:]+)$")
 
 
 class PortMapping(NamedTuple):
@@ -184,28 +184,13 @@ def _flush_udp_conntrack(mappings: List[PortMapping], versions: List[int]) -> No
 
 # --- nftables backend ------------------------------------------------------------------------
 
-class _Plan(NamedTuple):
-    """What one container's ADD writes: its own elements as (map, key, data) — data None for a
-    set — each carrying the owner comment, the shared pod-subnet elements (no owner: every
-    container of the subnet needs them) and the condition chains (one per distinct condition
-    text, shared)."""
-    owned: List[Tuple[str, str, Optional[str]]]
-    podnets: List[Tuple[str, str]]
-    gates: Dict[str, str]  # chain name -> conditions
-
-
 def _nft_base() -> List[str]:
     t = f"inet {NFT_TABLE}"
-    lines = [f"add table {t}", f"add map {t} {NFT_OWNERS} {{ type ifname : mark; }}"]
+    lines = [f"add table {t}"]
     for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        target = f"{addr} . inet_service"
-        lines += [f"add map {t} ports{v} {{ type inet_proto . inet_service : {target}; }}",
-                  f"add map {t} hostip{v} {{ type {addr} . inet_proto . inet_service : {target}; }}",
-                  f"add map {t} gate{v} {{ type inet_proto . inet_service : verdict; }}",
-                  f"add map {t} gatehostip{v} {{ type {addr} . inet_proto . inet_service : verdict; }}",
-                  f"add set {t} masq{v} {{ type {addr} . inet_proto . inet_service; }}",
-                  f"add set {t} masqall{v} {{ type {addr} . inet_proto . inet_service; }}",
-                  f"add set {t} podnets{v} {{ type {addr} . {addr}; flags interval; }}"]
+        lines += [f"add map {t} ports{v} {{ type inet_proto . inet_service : verdict; }}",
+                  f"add map {t} hostip{v} {{ type {addr} . inet_proto . inet_service : verdict; }}",
+                  f"add map {t} post{v} {{ type {addr} : verdict; }}"]
     lines += [f"add chain {t} hostports",
               f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
               f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
@@ -213,177 +198,128 @@ def _nft_base() -> List[str]:
     # flush + re-add in the same transaction keeps these few rules unique without a listing
     fixed = {"prerouting": ["fib daddr type local jump hostports"],
              "output": ["fib daddr type local jump hostports"],
-             # a port with conditionsV4/V6 first passes its gate chain (returns on a match)
-             "hostports": ["ip daddr . meta l4proto . th dport vmap @gatehostip4",
-                           "ip6 daddr . meta l4proto . th dport vmap @gatehostip6",
-                           "meta nfproto ipv4 meta l4proto . th dport vmap @gate4",
-                           "meta nfproto ipv6 meta l4proto . th dport vmap @gate6",
-                           # host-IP mappings first: the first DNAT wins
-                           "dnat ip to ip daddr . meta l4proto . th dport map @hostip4",
-                           "dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostip6",
-                           "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports4",
-                           "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @ports6"],
-             # hairpin (source in the container's subnet), localhost (route_localnet), masqAll
-             "postrouting": ["ct status dnat ip daddr . meta l4proto . th dport @masq4 "
-                             "ip saddr . ip daddr @podnets4 masquerade",
-                             "ct status dnat ip daddr . meta l4proto . th dport @masq4 ip saddr 127.0.0.1 masquerade",
-                             "ct status dnat ip daddr . meta l4proto . th dport @masqall4 masquerade",
-                             "ct status dnat ip6 daddr . meta l4proto . th dport @masq6 "
-                             "ip6 saddr . ip6 daddr @podnets6 masquerade",
-                             "ct status dnat ip6 daddr . meta l4proto . th dport @masqall6 masquerade"]}
+             "hostports": ["ip daddr . meta l4proto . th dport vmap @hostip4",
+                           "ip6 daddr . meta l4proto . th dport vmap @hostip6",
+                           "meta nfproto ipv4 meta l4proto . th dport vmap @ports4",
+                           "meta nfproto ipv6 meta l4proto . th dport vmap @ports6"],
+             "postrouting": ["ct status dnat ip daddr vmap @post4", "ct status dnat ip6 daddr vmap @post6"]}
     for chain, rules in fixed.items():
         lines.append(f"flush chain {t} {chain}")
         lines += [f"add rule {t} {chain} {r}" for r in rules]
     return lines
 
 
-def _marker(network: str, cid: str) -> str:
-    """The owners-map key of (network, container): 15 hex characters of the Go chain-name hash
-    (nft's only string key type, ifname, holds 15)."""
-    return '"' + netfilter.chain_name(network, cid)[len("CNI-"):][:15] + '"'
+def _nft_owned(dn_chain: str) -> Optional[List[Tuple[str, str]]]:
+    """The (map, key) elements a container's DNAT chain owns, from its rule comments; None if
+    the chain does not exist."""
+    objs = nft.list_json("chain", "inet", NFT_TABLE, dn_chain)
+    if objs is None:
+        return None
+    owned: List[Tuple[str, str]] = []
+    for rule in nft.rules(objs):
+        for entry in (rule.get("comment") or "").split(";"):
+            if _NFT_KEY.match(entry) and tuple(entry.split(" ", 1)) not in owned:
+                owned.append(tuple(entry.split(" ", 1)))  # type: ignore[arg-type]
+    return owned
 
 
-def _net(iface: Any) -> str:
-    return str(iface.ip) if iface.network.prefixlen == iface.max_prefixlen else str(iface.network)
-
-
-def _nft_plan(s: Settings, network: str, cid: str) -> _Plan:
-    owned: List[Tuple[str, str, Optional[str]]] = []
-    podnets: List[Tuple[str, str]] = []
-    gates: Dict[str, str] = {}
-
-    def own(elem: Tuple[str, str, Optional[str]]) -> None:
-        if all(o[:2] != elem[:2] for o in owned):  # a repeated key: the first mapping wins
-            owned.append(elem)
-
-    for v, cont in sorted(s.containers.items()):
-        for m, specific in sorted(_for_family(s.mappings, v), key=lambda e: not e[1]):
-            name, key = (f"hostip{v}", f"{m.host_ip} . {m.protocol} . {m.host_port}") if specific \
-                else (f"ports{v}", f"{m.protocol} . {m.host_port}")
-            own((name, key, f"{cont.ip} . {m.container_port}"))
-            if s.conditions[v]:
-                conds = " ".join(s.conditions[v])
-                gate = netfilter.chain_name(conds, str(v), "CD-")
-                gates[gate] = conds
-                own((name.replace("ports", "gate").replace("hostip", "gatehostip"), key, f"jump {gate}"))
-            if s.snat:
-                own((f"masq{'all' if s.masq_all else ''}{v}", f"{cont.ip} . {m.protocol} . {m.container_port}", None))
-                if not s.masq_all and (f"podnets{v}", f"{_net(cont)} . {_net(cont)}") not in podnets:
-                    podnets.append((f"podnets{v}", f"{_net(cont)} . {_net(cont)}"))
-    if owned:  # the marker's value fingerprints the rest: a DEL naming other mappings is not blind
-        fingerprint = zlib.crc32(repr(sorted(owned, key=repr)).encode())
-        owned.append((NFT_OWNERS, _marker(network, cid), str(fingerprint)))
-    return _Plan(owned, podnets, gates)
-
-
-def _nft_add_lines(p: _Plan, owner: str) -> List[str]:
-    t, comment = f"inet {NFT_TABLE}", nft.quote(owner)
-    lines = []
-    for gate, conds in p.gates.items():
-        lines += [f"add chain {t} {gate}", f"flush chain {t} {gate}",
-                  f"add rule {t} {gate} {conds} return", f"add rule {t} {gate} accept"]
-    lines += [f"add element {t} {m} {{ {k} }}" for m, k in p.podnets]
-    # `create`: a key another container holds fails the whole batch
-    lines += [f"create element {t} {m} {{ {k} comment {comment}{f' : {d}' if d else ''} }}" for m, k, d in p.owned]
+def _nft_removal(dn_chain: str, sn_chain: str, owned: List[Tuple[str, str]]) -> List[str]:
+    t = f"inet {NFT_TABLE}"
+    lines = [f"delete element {t} {m} {{ {k} }}" for m, k in owned]
+    lines.append(f"delete chain {t} {dn_chain}")
+    if any(m.startswith("post") for m, _ in owned):
+        lines.append(f"delete chain {t} {sn_chain}")
     return lines
 
 
-def _text(obj: Any) -> str:
-    """An element key or value of `nft -j list` in the text form the plan writes."""
-    if isinstance(obj, dict):
-        if "elem" in obj:
-            return _text(obj["elem"]["val"])
-        if "concat" in obj:
-            return " . ".join(_text(part) for part in obj["concat"])
-        if "prefix" in obj:
-            return f"{obj['prefix']['addr']}/{obj['prefix']['len']}"
-        if "jump" in obj:
-            return f"jump {obj['jump']['target']}"
-    return str(obj)
-
-
-def _nft_listing() -> Optional[List[Tuple[str, str, Optional[str], str]]]:
-    """Every element of the table as (map or set, key, data, comment); None without the table."""
-    objs = nft.list_json("table", "inet", NFT_TABLE)
-    if objs is None:
-        return None
-    out = []
-    for obj in objs:
-        body = obj.get("map") or obj.get("set")
-        for elem in (body or {}).get("elem", []):
-            key, data = (elem[0], elem[1]) if "map" in obj else (elem, None)
-            comment = key.get("elem", {}).get("comment", "") if isinstance(key, dict) else ""
-            text = f'"{_text(key)}"' if body["name"] == NFT_OWNERS else _text(key)
-            out.append((body["name"], text, None if data is None else _text(data), comment))
-    return out
-
-
-def _nft_removal(listing: List[Tuple[str, str, Optional[str], str]], network: str, cid: str) -> List[str]:
-    owner = netfilter.owner_comment(network, cid)
-    return [f"delete element inet {NFT_TABLE} {m} {{ {k} }}" for m, k, _, c in listing if c == owner]
+def _nft_plan(s: Settings, network: str, cid: str) -> Tuple[List[str], List[Tuple[str, str, str]]]:
+    """The lines creating the container's chains, rules and map elements, and the elements
+    as (map, key, chain it jumps to)."""
+    t = f"inet {NFT_TABLE}"
+    dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
+    comment = nft.quote(netfilter.owner_comment(network, cid))
+    rules: List[str] = []
+    snat_rules: List[str] = []
+    elements: List[Tuple[str, str]] = []
+    for v, cont in sorted(s.containers.items()):
+        f, nfp = ("ip", "ipv4") if v == 4 else ("ip6", "ipv6")
+        post = (f"post{v}", str(cont.ip))
+        # host-IP rules first: the chain is entered by either map and the first DNAT wins
+        for m, specific in sorted(_for_family(s.mappings, v), key=lambda e: not e[1]):
+            key = (f"hostip{v}", f"{m.host_ip} . {m.protocol} . {m.host_port}") if specific \
+                else (f"ports{v}", f"{m.protocol} . {m.host_port}")
+            owns = [key] + ([post] if s.snat else [])
+            match = f"meta nfproto {nfp} " + (f"{f} daddr {m.host_ip} " if specific else "") + \
+                f"meta l4proto {m.protocol} th dport {m.host_port}"
+            conds = "".join(c + " " for c in s.conditions[v])
+            rules.append(f"add rule {t} {dn} {match} {conds}dnat {f} to {_target(cont.ip, m.container_port)} "
+                         f"comment {nft.quote(';'.join(' '.join(o) for o in owns))}")
+            elements += [o for o in owns if o not in elements]
+            if not s.snat:
+                continue
+            orig = (f"ct original {f} daddr {m.host_ip} " if specific else "") + f"ct original proto-dst {m.host_port}"
+            base = f"add rule {t} {sn} meta nfproto {nfp} meta l4proto {m.protocol} th dport {m.container_port} {orig}"
+            if s.masq_all:
+                snat_rules.append(f"{base} masquerade")
+                continue
+            snat_rules.append(f"{base} {f} saddr {cont.network} masquerade")  # hairpin from the pod subnet
+            if v == 4:
+                snat_rules.append(f"{base} ip saddr 127.0.0.1 masquerade")  # localhost (route_localnet)
+    if not rules:
+        return [], []
+    lines = [f"add chain {t} {dn} {{ comment {comment}; }}"] + rules
+    if snat_rules:
+        lines += [f"add chain {t} {sn} {{ comment {comment}; }}"] + snat_rules
+    targets = [(m, k, sn if m.startswith("post") else dn) for m, k in elements]
+    lines += [f"add element {t} {m} {{ {k} : jump {c} }}" for m, k, c in targets]
+    return lines, targets
 
 
 def nft_add(s: Settings, network: str, cid: str) -> None:
-    plan = _nft_plan(s, network, cid)
-    if not plan.owned:
+    dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
+    plan, _ = _nft_plan(s, network, cid)
+    if not plan:
         return
-    owner = netfilter.owner_comment(network, cid)
-    # the marker is created too, so a repeated ADD fails here: only then is the table read, and
-    # the container's old elements are replaced within one transaction
-    err = nft.try_run(_nft_base() + _nft_add_lines(plan, owner))
+    # `create chain` fails the whole batch if the container already has mappings: only then is its
+    # chain read, and the repeated ADD replaces the old mappings within one transaction
+    err = nft.try_run(_nft_base() + [plan[0].replace("add chain", "create chain", 1)] + plan[1:])
     if err is not None:
-        listing = _nft_listing() or []
-        # a subnet inside another network's subnet: the pair is already covered
-        podnets = [(m, k) for m, k in plan.podnets
-                   if not nft.has_element(f"inet {NFT_TABLE}", m, " . ".join([k.split(" . ")[0].split("/")[0]] * 2))]
-        err = nft.try_run(_nft_base() + _nft_removal(listing, network, cid) +
-                          _nft_add_lines(plan._replace(podnets=podnets), owner))
+        old = _nft_owned(dn)
+        if old is not None:
+            err = nft.try_run(_nft_base() + _nft_removal(dn, sn, old) + plan)
     if err is not None:
         busy = " (a host port is already mapped to another container)" if "File exists" in err else ""
         raise CNIError(spec.ERR_INTERNAL, f"unable to set up port mappings{busy}", err)
 
 
 def nft_del(network: str, cid: str, s: Optional[Settings] = None) -> None:
-    table = f"inet {NFT_TABLE}"
-    # the DEL's own mappings name the elements: one blind batch, unless they are not the whole
-    # story (the marker's fingerprint differs) or a key is another container's
-    planned = _nft_plan(s, network, cid).owned if s is not None else []
-    if planned and nft.try_destroy(table, [], planned):
+    dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
+    # the DEL's own mappings name the elements: one blind batch, unless they are not the whole story
+    planned = _nft_plan(s, network, cid)[1] if s is not None else []
+    if planned and nft.try_destroy(f"inet {NFT_TABLE}", [dn, sn], planned):
         return
-    if not planned and not nft.has_element(table, NFT_OWNERS, _marker(network, cid)):
-        return  # no mappings named and none recorded: the common DEL of a pod without ports
     err = None
     for _ in range(3):  # a concurrent DEL of the same container may win; re-read and retry
-        lines = _nft_removal(_nft_listing() or [], network, cid)
-        if not lines:
+        owned = _nft_owned(dn)
+        if owned is None:
             return
-        err = nft.try_run(lines)
+        err = nft.try_run(_nft_removal(dn, sn, owned))
         if err is None:
             return
     raise CNIError(spec.ERR_INTERNAL, "unable to remove port mappings", err or "")
 
 
 def nft_check(s: Settings, network: str, cid: str) -> None:
-    plan = _nft_plan(s, network, cid)
-    if not plan.owned:
-        return
-    owner = netfilter.owner_comment(network, cid)
-    listing = _nft_listing()
-    if listing is None:
-        raise CNIError(spec.ERR_INTERNAL, f"nftables table inet {NFT_TABLE} not found")
-    present = {(m, k): (d, c) for m, k, d, c in listing}
-    for m, k, d in plan.owned:
-        if present.get((m, k)) != (d, owner):
-            raise CNIError(spec.ERR_INTERNAL, f"port mapping {m} {{ {k} }} of this container not found")
-    for m, k in plan.podnets:
-        ip = k.split(" . ")[0].split("/")[0]
-        if not nft.has_element(f"inet {NFT_TABLE}", m, f"{ip} . {ip}"):
-            raise CNIError(spec.ERR_INTERNAL, f"pod subnet {k.split(' . ')[0]} missing from {m}")
-
-
-def nft_owners() -> List[tuple]:
-    """(network, container ID) of every container with mappings, from the element comments."""
-    return sorted({o for *_, c in _nft_listing() or [] if (o := netfilter.parse_owner(c))})
+    dn = netfilter.chain_name(network, cid, "DN-")
+    _, wanted = _nft_plan(s, network, cid)
+    owned = _nft_owned(dn)
+    if wanted and owned is None:
+        raise CNIError(spec.ERR_INTERNAL, f"chain {dn} not found in nftables table inet {NFT_TABLE}")
+    for m, k, chain in wanted:
+        if (m, k) not in (owned or []):
+            raise CNIError(spec.ERR_INTERNAL, f"port mapping {m} {{ {k} }} missing from chain {dn}")
+        if nft.element_target(f"inet {NFT_TABLE}", m, k) != chain:
+            raise CNIError(spec.ERR_INTERNAL, f"map {m} has no element {{ {k} }}")
 
 
 # --- iptables backend (Go-identical chains) --------------------------------------------------
@@ -509,7 +445,7 @@ class Portmap(Plugin):
         s = settings(conf, ctx.ifname)
         valid = {cid for cid, _ in spec.valid_attachments(conf)}
         if s.backend == netfilter.NFTABLES:
-            owners = set(nft_owners())
+            owners = set(nft.chain_owners(f"inet {NFT_TABLE}").values())
         else:
             owners = {o for v in (4, 6) for o in ipt.comment_owners(ipt.save(v, "nat"), TOP_DNAT)}
         for network, cid in sorted(owners):
