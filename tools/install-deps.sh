@@ -1,7 +1,9 @@
 #!/bin/bash
 # Install the Debian packages the demo and the tests need, only those missing (root; apt-get update once).
+# gcc + libc6-dev build the compiled CNI shim (plugins/module_utils/cni/shim.c); without them the
+# executables are the slower dash + Python launchers.
 set -euo pipefail
-PKGS="containernetworking-plugins podman containerd busybox-static iptables nftables python3-nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux"
+PKGS="gcc libc6-dev containernetworking-plugins podman containerd busybox-static iptables nftables python3-nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
