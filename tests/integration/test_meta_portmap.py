@@ -53,14 +53,29 @@ def test_traffic_through_mapped_port_then_gone_after_del_without_mappings(pod, b
     assert mu.run_chain("portmap", "DEL", pod, nodel).rc == 0  # DEL twice
 
 
-def test_nft_layout_maps_and_one_chain_per_container(pod):
+def owner(pod):
+    return f'comment "net {pod.network} id {pod.cid}"'
+
+
+def test_nft_layout_data_maps_and_no_chain_per_container(pod):
     out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=[TCP80, {**TCP80, "hostPort": 8443, "containerPort": 443}]))
     assert out.rc == 0, out.stdout
     text = mu.nft_ruleset()
-    assert "tcp . 8080 : jump CNI-DN-" in text and "tcp . 8443 : jump CNI-DN-" in text
-    assert f"{pod.ip} : jump CNI-SN-" in text
+    assert f"tcp . 8080 {owner(pod)} : {pod.ip} . 80" in text and f"tcp . 8443 {owner(pod)} : {pod.ip} . 443" in text
+    # hairpin: masq4 sends the endpoint to the chain of its prefix length, which checks podnets4
+    assert f"{pod.ip} . tcp . 80 {owner(pod)} : jump hairpin4-24" in text
+    assert f"{pod.ip} . tcp . 443 {owner(pod)} : jump hairpin4-24" in text
+    assert f"{pod.subnet.split('/')[0]} . {pod.ip} {owner(pod)}" in text
+    assert "ip saddr & 255.255.255.0 . ip daddr @podnets4 masquerade" in text
     assert "fib daddr type local jump hostports" in text
-    assert f"dnat ip to {pod.ip}:80" in text and f"dnat ip to {pod.ip}:443" in text
+    chains = text.count("\tchain ")
+    prefix = pod.subnet.rsplit(".", 1)[0]
+    other = mu.Pod(pod.netns, "second", pod.network, pod.bridge, pod.subnet,
+                   dict(pod.result, ips=[dict(pod.result["ips"][0], address=f"{prefix}.77/24")]), pod.conf)
+    assert mu.run_chain("portmap", "ADD", other, pm(other, mappings=[{**TCP80, "hostPort": 8081}])).rc == 0
+    text = mu.nft_ruleset()
+    assert f"tcp . 8081 {owner(other)} : {prefix}.77 . 80" in text
+    assert text.count("\tchain ") == chains and "chain CNI-" not in text  # a container adds elements only
 
 
 def test_hairpin_from_another_pod_on_the_bridge(pod, netns_factory):
@@ -81,7 +96,7 @@ def test_host_ip_limits_the_mapping_and_other_family_is_skipped(pod):
     out = mu.run_chain("portmap", "ADD", pod, pm(pod, mappings=mappings))
     assert out.rc == 0, out.stdout
     text = mu.nft_ruleset()
-    assert f"{pod.gateway} . tcp . 8080 : jump CNI-DN-" in text
+    assert f"{pod.gateway} . tcp . 8080 {owner(pod)} : {pod.ip} . 80" in text
     assert "9090" not in text  # IPv6 hostIP, IPv4-only pod: skipped like Go
     with mu.http_server(pod.netns, 80, "only via hostIP"):
         assert mu.fetch(f"http://{pod.gateway}:8080/") == "only via hostIP"
@@ -194,8 +209,11 @@ def test_dual_stack_pod_ipv6_mapping_traffic(netns):
     try:
         assert mu.run_chain("portmap", "ADD", pod, pm(pod)).rc == 0
         text = mu.nft_ruleset()
-        assert f"dnat ip6 to [fd00:126:{n}::5]:80" in text and f"dnat ip to 10.126.{n % 250}.5:80" in text
-        assert re.search(rf"map post6 {{[^}}]*fd00:126:{n}::5 : jump CNI-SN-", text)  # v6 hairpin entry
+        assert f"tcp . 8080 {owner(pod)} : fd00:126:{n}::5 . 80" in text
+        assert f"tcp . 8080 {owner(pod)} : 10.126.{n % 250}.5 . 80" in text
+        assert f"fd00:126:{n}::5 . tcp . 80 {owner(pod)} : jump hairpin6-64" in text  # v6 hairpin entry
+        assert f"fd00:126:{n}:: . fd00:126:{n}::5 {owner(pod)}" in text
+        assert "ip6 saddr & ffff:ffff:ffff:ffff:: . ip6 daddr @podnets6 masquerade" in text
         for _ in range(100):  # the bridge's IPv6 address must finish DAD before it can be used
             if not cnitest.sh(f"ip -6 addr show dev {pod.bridge} tentative").strip():
                 break
@@ -211,11 +229,20 @@ def test_nft_snat_variants_and_conditions(pod):
     out = mu.run_chain("portmap", "ADD", pod, pm(pod, masqAll=True, conditionsV4=["ip saddr != 192.0.2.0/24"]))
     assert out.rc == 0, out.stdout
     text = mu.nft_ruleset()
-    assert "ip saddr != 192.0.2.0/24 dnat ip to" in text
-    sn = text.split("chain CNI-SN-")[1]
-    assert "masquerade" in sn and "saddr" not in sn.split("}")[0]  # masqAll: every DNATed source
+    # the port passes a chain shared by every mapping with these conditions; it returns on a match
+    assert re.search(r"tcp . 8080 comment \"[^\"]+\" : jump CNI-CD-", text)
+    assert "ip saddr != 192.0.2.0/24 return" in text
+    assert re.search(rf"set masqall4 {{[^}}]*{pod.ip} . tcp . 80 comment", text)  # masqAll: every DNATed source
+    assert not re.search(rf"map masq4 {{[^}}]*{pod.ip}", text)
+    with mu.http_server(pod.netns, 80, "conditions hold"):
+        assert mu.fetch(f"http://{pod.gateway}:8080/") == "conditions hold"
+    out = mu.run_chain("portmap", "ADD", pod, pm(pod, conditionsV4=["ip saddr 192.0.2.0/24"]))
+    assert out.rc == 0, out.stdout  # repeated ADD: conditions that the host's own address fails
+    with mu.http_server(pod.netns, 80, "not reached"):
+        assert mu.fetch(f"http://{pod.gateway}:8080/", timeout=1) == ""
     assert mu.run_chain("portmap", "ADD", pod, pm(pod, snat=False)).rc == 0  # repeated ADD, no SNAT
     text = mu.nft_ruleset()
-    assert "CNI-SN-" not in text and f"{pod.ip} : jump" not in text
+    assert f"{pod.ip} . tcp . 80" not in text and ": jump CNI-CD-" not in text
+    assert f"tcp . 8080 {owner(pod)} : {pod.ip} . 80" in text
     out = mu.run_chain("portmap", "ADD", pod, pm(pod, conditionsV4=['ip saddr 1.2.3.4; flush ruleset']))
     assert out.rc == 1 and out.code == 7  # nft syntax is checked, no injection into the batch

@@ -7,6 +7,7 @@ attachment and vice versa; after the last DEL no lease is left.
 from __future__ import annotations
 
 import random
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Tuple
@@ -127,7 +128,11 @@ def _pm_rules(i: int) -> Dict[str, int]:
     port, ip = PM_BASE_PORT + i, f"10.33.{i // 200}.{i % 200 + 2}"
     nft = relutil.nft_ruleset()
     ipt = cnitest.sh("iptables-save -t nat")
-    return {"nft": nft.count(f"tcp dport {port} dnat ip to {ip}:80"),
+    # nft: the container's own element of the ports4 map (its key is unique, so a duplicate would
+    # show as another owner or target) and its hairpin element of masq4
+    return {"nft": nft.count(f'tcp . {port} comment "net pmnet id pm{i:04d}" : {ip} . 80'),
+            "nft_other": len(re.findall(rf'tcp \. {port} comment "(?!net pmnet id pm{i:04d}")', nft)),
+            "nft_masq": nft.count(f'{ip} . tcp . 80 comment "net pmnet id pm{i:04d}"'),
             "ipt": ipt.count(f"--dport {port} -j DNAT --to-destination {ip}:80"),
             "ipt_jump": ipt.count(f"--dports {port} -j CNI-DN-")}
 
@@ -188,8 +193,9 @@ def _portmap_run() -> None:
     for job in jobs:
         want = 1 if job["keep"] else 0
         got = _pm_rules(job["i"])
-        expect = {"nft": want, "ipt": 0, "ipt_jump": 0} if job["backend"] == "nftables" else \
-            {"nft": 0, "ipt": want, "ipt_jump": want}
+        expect = {"nft": want, "nft_other": 0, "nft_masq": want, "ipt": 0, "ipt_jump": 0} \
+            if job["backend"] == "nftables" else \
+            {"nft": 0, "nft_other": 0, "nft_masq": 0, "ipt": want, "ipt_jump": want}
         if got != expect:
             wrong[job["i"]] = (job, got)
     assert wrong == {}, wrong

@@ -131,14 +131,14 @@ def try_run(lines: Iterable[str]) -> Optional[str]:
 
 
 def try_destroy(table: str, chains: List[str], elements: List[Tuple[str, str, Optional[str]]]) -> bool:
-    """Remove `chains` and the `elements` ((set or map, key, chain the key jumps to; None for a
-    set)) in one batch, whether or not they exist; False (nothing changed) when that cannot be done
-    blind: the table is missing, a key maps to another chain, or a chain is still referenced by an
-    element not named. nft 1.0.6 has no `destroy`, so each object is added and deleted in the same
-    transaction: the add is a no-op for an identical object and fails (EEXIST) for a key that
-    jumps elsewhere."""
+    """Remove `chains` and the `elements` ((set or map, key, the key's data: "jump <chain>", a
+    value; None for a set)) in one batch, whether or not they exist; False (nothing changed) when
+    that cannot be done blind: the table is missing, a key maps to other data, or a chain is still
+    referenced by an element not named. nft 1.0.6 has no `destroy`, so each object is added and
+    deleted in the same transaction: the add is a no-op for an identical object and fails
+    (EEXIST) for a key whose data differs."""
     lines = [f"add chain {table} {c}" for c in chains]
-    lines += [f"add element {table} {m} {{ {k}{f' : jump {c}' if c else ''} }}" for m, k, c in elements]
+    lines += [f"add element {table} {m} {{ {k}{f' : {d}' if d else ''} }}" for m, k, d in elements]
     lines += [f"delete element {table} {m} {{ {k} }}" for m, k, _ in elements]
     lines += [f"delete chain {table} {c}" for c in chains]
     return try_run(lines) is None
@@ -248,7 +248,7 @@ def _masq_sources(chain: str) -> Optional[List[str]]:
 
 def teardown_masq(network: str, container_id: str, ifaces: Optional[List[Any]]) -> None:
     t, chain = f"inet {MASQ_TABLE}", chain_name(network, container_id)
-    if ifaces and try_destroy(t, [chain], [(f"src{i.version}", str(i.ip), chain) for i in ifaces]):
+    if ifaces and try_destroy(t, [chain], [(f"src{i.version}", str(i.ip), f"jump {chain}") for i in ifaces]):
         return
     # addresses unknown, or the chain serves more than them: its own rules say which it serves
     for _ in range(3):  # a concurrent teardown may win the race; re-read and retry

@@ -2,13 +2,16 @@
 
 Two backends, chosen by `"backend"` in the config:
 
-* `nftables` (default): one table `inet cnikit_hostport`. Host ports are keys of verdict maps
-  (`ports4/6`: proto . port, `hostip4/6`: hostIP . proto . port) that jump to the container's own
-  chain `CNI-DN-<hash>` holding its DNAT rules; hairpin/localhost masquerade is a postrouting map
-  (`post4/6`: container IP) to `CNI-SN-<hash>`, matched on conntrack (original destination
-  port), so no packet mark is needed. Adding a container adds map elements — existing mappings
-  are never rescanned — and the whole ADD is one `nft -f -` transaction. Each DNAT rule's
-  comment names the map elements it owns, so DEL needs neither the port mappings nor a scan.
+* `nftables` (default): one table `inet cnikit_hostport` whose chains do not grow with the
+  containers. Host ports are keys of data maps that DNAT directly (`ports4/6`: proto . port,
+  `hostip4/6`: hostIP . proto . port; value container IP . port). Hairpin/localhost masquerade:
+  `masq4/6` maps the container endpoint to the chain of its prefix length, which checks the
+  source against `podnets4/6` (subnet address . container IP); `masqall4/6` for masqAll. Every
+  element a container owns carries its owner comment, and a marker element (`owners`: hash ->
+  fingerprint of the elements) sends a repeated ADD, or a DEL naming other mappings, to the slow
+  path. nft fills its cache with every chain before any change, so a chain per container made
+  each ADD slower with the number of containers; a hash-map element costs the same at 0 or 2000.
+  The whole ADD is one transaction, and existing mappings are never listed on the common path.
 * `iptables`: the Go chains exactly (CNI-HOSTPORT-DNAT/-SETMARK/-MASQ, CNI-DN-<hash>,
   multiport groups of 15, markMasqBit), written with one iptables-restore batch per family.
 
@@ -21,6 +24,7 @@ import ipaddress
 import re
 import socket
 import sys
+import zlib
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import faults, link, netfilter, skel, spec
@@ -32,13 +36,12 @@ from . import Conf, Plugin, Result, conf_field, prev_result
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_MARK_BIT = 13
 NFT_TABLE = "cnikit_hostport"
+NFT_OWNERS = "owners"
 TOP_DNAT = "CNI-HOSTPORT-DNAT"
 SETMARK = "CNI-HOSTPORT-SETMARK"
 MARK_MASQ = "CNI-HOSTPORT-MASQ"
 OLD_TOP_SNAT = "CNI-HOSTPORT-SNAT"
 MULTIPORT_MAX = 15
-# what a DNAT rule's comment may name: "<map> <key>" entries joined by ";"
-_NFT_KEY = re.compile(r"^(ports[46] [a-z]+ \. \d+|hostip[46] [0-9a-f.:]+ \. [a-z]+ \. \d+|post[46] [0-9a-f.:]+)$")
 
 
 class PortMapping(NamedTuple):
@@ -184,13 +187,29 @@ def _flush_udp_conntrack(mappings: List[PortMapping], versions: List[int]) -> No
 
 # --- nftables backend ------------------------------------------------------------------------
 
+class _Plan(NamedTuple):
+    """What one container's ADD writes: its own elements as (map, key, data) — data None for a
+    set — each carrying the owner comment, and the shared chains it needs: one per distinct
+    condition text, one per family and prefix length for hairpin."""
+    owned: List[Tuple[str, str, Optional[str]]]
+    gates: Dict[str, str]  # chain name -> conditions
+    hairpins: Dict[str, Any]  # chain name -> the container interface whose prefix length it serves
+
+
 def _nft_base() -> List[str]:
     t = f"inet {NFT_TABLE}"
-    lines = [f"add table {t}"]
+    lines = [f"add table {t}", f"add map {t} {NFT_OWNERS} {{ type ifname : mark; }}"]
     for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        lines += [f"add map {t} ports{v} {{ type inet_proto . inet_service : verdict; }}",
-                  f"add map {t} hostip{v} {{ type {addr} . inet_proto . inet_service : verdict; }}",
-                  f"add map {t} post{v} {{ type {addr} : verdict; }}"]
+        target = f"{addr} . inet_service"
+        lines += [f"add map {t} ports{v} {{ type inet_proto . inet_service : {target}; }}",
+                  f"add map {t} hostip{v} {{ type {addr} . inet_proto . inet_service : {target}; }}",
+                  f"add map {t} gate{v} {{ type inet_proto . inet_service : verdict; }}",
+                  f"add map {t} gatehostip{v} {{ type {addr} . inet_proto . inet_service : verdict; }}",
+                  f"add map {t} masq{v} {{ type {addr} . inet_proto . inet_service : verdict; }}",
+                  f"add set {t} masqall{v} {{ type {addr} . inet_proto . inet_service; }}",
+                  # subnet address . container IP; a hash set (an interval set's elements are
+                  # loaded by nft on every change, growing with the containers)
+                  f"add set {t} podnets{v} {{ type {addr} . {addr}; }}"]
     lines += [f"add chain {t} hostports",
               f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
               f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
@@ -198,128 +217,185 @@ def _nft_base() -> List[str]:
     # flush + re-add in the same transaction keeps these few rules unique without a listing
     fixed = {"prerouting": ["fib daddr type local jump hostports"],
              "output": ["fib daddr type local jump hostports"],
-             "hostports": ["ip daddr . meta l4proto . th dport vmap @hostip4",
-                           "ip6 daddr . meta l4proto . th dport vmap @hostip6",
-                           "meta nfproto ipv4 meta l4proto . th dport vmap @ports4",
-                           "meta nfproto ipv6 meta l4proto . th dport vmap @ports6"],
-             "postrouting": ["ct status dnat ip daddr vmap @post4", "ct status dnat ip6 daddr vmap @post6"]}
+             # a port with conditionsV4/V6 first passes its gate chain (returns on a match)
+             "hostports": ["ip daddr . meta l4proto . th dport vmap @gatehostip4",
+                           "ip6 daddr . meta l4proto . th dport vmap @gatehostip6",
+                           "meta nfproto ipv4 meta l4proto . th dport vmap @gate4",
+                           "meta nfproto ipv6 meta l4proto . th dport vmap @gate6",
+                           # host-IP mappings first: the first DNAT wins
+                           "dnat ip to ip daddr . meta l4proto . th dport map @hostip4",
+                           "dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostip6",
+                           "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports4",
+                           "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @ports6"],
+             # hairpin and localhost go on to the chain of the container's prefix length; masqAll
+             "postrouting": ["ct status dnat ip daddr . meta l4proto . th dport vmap @masq4",
+                             "ct status dnat ip6 daddr . meta l4proto . th dport vmap @masq6",
+                             "ct status dnat ip daddr . meta l4proto . th dport @masqall4 masquerade",
+                             "ct status dnat ip6 daddr . meta l4proto . th dport @masqall6 masquerade"]}
     for chain, rules in fixed.items():
         lines.append(f"flush chain {t} {chain}")
         lines += [f"add rule {t} {chain} {r}" for r in rules]
     return lines
 
 
-def _nft_owned(dn_chain: str) -> Optional[List[Tuple[str, str]]]:
-    """The (map, key) elements a container's DNAT chain owns, from its rule comments; None if
-    the chain does not exist."""
-    objs = nft.list_json("chain", "inet", NFT_TABLE, dn_chain)
-    if objs is None:
-        return None
-    owned: List[Tuple[str, str]] = []
-    for rule in nft.rules(objs):
-        for entry in (rule.get("comment") or "").split(";"):
-            if _NFT_KEY.match(entry) and tuple(entry.split(" ", 1)) not in owned:
-                owned.append(tuple(entry.split(" ", 1)))  # type: ignore[arg-type]
-    return owned
+def _marker(network: str, cid: str) -> str:
+    """The owners-map key of (network, container): 15 hex characters of the Go chain-name hash
+    (nft's only string key type, ifname, holds 15)."""
+    return '"' + netfilter.chain_name(network, cid)[len("CNI-"):][:15] + '"'
 
 
-def _nft_removal(dn_chain: str, sn_chain: str, owned: List[Tuple[str, str]]) -> List[str]:
-    t = f"inet {NFT_TABLE}"
-    lines = [f"delete element {t} {m} {{ {k} }}" for m, k in owned]
-    lines.append(f"delete chain {t} {dn_chain}")
-    if any(m.startswith("post") for m, _ in owned):
-        lines.append(f"delete chain {t} {sn_chain}")
+def _nft_plan(s: Settings, network: str, cid: str) -> _Plan:
+    owned: List[Tuple[str, str, Optional[str]]] = []
+    gates: Dict[str, str] = {}
+    hairpins: Dict[str, Any] = {}
+
+    def own(elem: Tuple[str, str, Optional[str]]) -> None:
+        if all(o[:2] != elem[:2] for o in owned):  # a repeated key: the first mapping wins
+            owned.append(elem)
+
+    for v, cont in sorted(s.containers.items()):
+        for m, specific in sorted(_for_family(s.mappings, v), key=lambda e: not e[1]):
+            name, key = (f"hostip{v}", f"{m.host_ip} . {m.protocol} . {m.host_port}") if specific \
+                else (f"ports{v}", f"{m.protocol} . {m.host_port}")
+            own((name, key, f"{cont.ip} . {m.container_port}"))
+            if s.conditions[v]:
+                conds = " ".join(s.conditions[v])
+                gate = netfilter.chain_name(conds, str(v), "CD-")
+                gates[gate] = conds
+                own((name.replace("ports", "gate").replace("hostip", "gatehostip"), key, f"jump {gate}"))
+            endpoint = f"{cont.ip} . {m.protocol} . {m.container_port}"
+            if s.snat and s.masq_all:
+                own((f"masqall{v}", endpoint, None))
+            elif s.snat:
+                hairpin = f"hairpin{v}-{cont.network.prefixlen}"
+                hairpins[hairpin] = cont
+                own((f"masq{v}", endpoint, f"jump {hairpin}"))
+                own((f"podnets{v}", f"{cont.network.network_address} . {cont.ip}", None))
+    if owned:  # the marker's value fingerprints the rest: a DEL naming other mappings is not blind
+        fingerprint = zlib.crc32(repr(sorted(owned, key=repr)).encode())
+        owned.append((NFT_OWNERS, _marker(network, cid), f"0x{fingerprint:08x}"))  # as nft prints it
+    return _Plan(owned, gates, hairpins)
+
+
+def _nft_add_lines(p: _Plan, owner: str) -> List[str]:
+    t, comment = f"inet {NFT_TABLE}", nft.quote(owner)
+    lines = []
+    for gate, conds in p.gates.items():
+        lines += [f"add chain {t} {gate}", f"flush chain {t} {gate}",
+                  f"add rule {t} {gate} {conds} return", f"add rule {t} {gate} accept"]
+    for hairpin, cont in p.hairpins.items():
+        f = nft.fam(cont)
+        # masquerade a source in the container's own subnet (hairpin) and, IPv4, localhost
+        lines += [f"add chain {t} {hairpin}", f"flush chain {t} {hairpin}",
+                  f"add rule {t} {hairpin} {f} saddr & {cont.network.netmask} . {f} daddr "
+                  f"@podnets{cont.version} masquerade"]
+        if cont.version == 4:
+            lines.append(f"add rule {t} {hairpin} ip saddr 127.0.0.1 masquerade")
+    # `create`: a key another container holds fails the whole batch
+    lines += [f"create element {t} {m} {{ {k} comment {comment}{f' : {d}' if d else ''} }}" for m, k, d in p.owned]
     return lines
 
 
-def _nft_plan(s: Settings, network: str, cid: str) -> Tuple[List[str], List[Tuple[str, str, str]]]:
-    """The lines creating the container's chains, rules and map elements, and the elements
-    as (map, key, chain it jumps to)."""
-    t = f"inet {NFT_TABLE}"
-    dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
-    comment = nft.quote(netfilter.owner_comment(network, cid))
-    rules: List[str] = []
-    snat_rules: List[str] = []
-    elements: List[Tuple[str, str]] = []
-    for v, cont in sorted(s.containers.items()):
-        f, nfp = ("ip", "ipv4") if v == 4 else ("ip6", "ipv6")
-        post = (f"post{v}", str(cont.ip))
-        # host-IP rules first: the chain is entered by either map and the first DNAT wins
-        for m, specific in sorted(_for_family(s.mappings, v), key=lambda e: not e[1]):
-            key = (f"hostip{v}", f"{m.host_ip} . {m.protocol} . {m.host_port}") if specific \
-                else (f"ports{v}", f"{m.protocol} . {m.host_port}")
-            owns = [key] + ([post] if s.snat else [])
-            match = f"meta nfproto {nfp} " + (f"{f} daddr {m.host_ip} " if specific else "") + \
-                f"meta l4proto {m.protocol} th dport {m.host_port}"
-            conds = "".join(c + " " for c in s.conditions[v])
-            rules.append(f"add rule {t} {dn} {match} {conds}dnat {f} to {_target(cont.ip, m.container_port)} "
-                         f"comment {nft.quote(';'.join(' '.join(o) for o in owns))}")
-            elements += [o for o in owns if o not in elements]
-            if not s.snat:
-                continue
-            orig = (f"ct original {f} daddr {m.host_ip} " if specific else "") + f"ct original proto-dst {m.host_port}"
-            base = f"add rule {t} {sn} meta nfproto {nfp} meta l4proto {m.protocol} th dport {m.container_port} {orig}"
-            if s.masq_all:
-                snat_rules.append(f"{base} masquerade")
-                continue
-            snat_rules.append(f"{base} {f} saddr {cont.network} masquerade")  # hairpin from the pod subnet
-            if v == 4:
-                snat_rules.append(f"{base} ip saddr 127.0.0.1 masquerade")  # localhost (route_localnet)
-    if not rules:
-        return [], []
-    lines = [f"add chain {t} {dn} {{ comment {comment}; }}"] + rules
-    if snat_rules:
-        lines += [f"add chain {t} {sn} {{ comment {comment}; }}"] + snat_rules
-    targets = [(m, k, sn if m.startswith("post") else dn) for m, k in elements]
-    lines += [f"add element {t} {m} {{ {k} : jump {c} }}" for m, k, c in targets]
-    return lines, targets
+def _text(obj: Any) -> str:
+    """An element key or value of `nft -j list` in the text form the plan writes."""
+    if isinstance(obj, dict):
+        if "elem" in obj:
+            return _text(obj["elem"]["val"])
+        if "concat" in obj:
+            return " . ".join(_text(part) for part in obj["concat"])
+        if "prefix" in obj:
+            return f"{obj['prefix']['addr']}/{obj['prefix']['len']}"
+        if "jump" in obj:
+            return f"jump {obj['jump']['target']}"
+    return str(obj)
+
+
+def _nft_listing() -> Optional[List[Tuple[str, str, Optional[str], str]]]:
+    """Every element of the table as (map or set, key, data, comment); None without the table."""
+    objs = nft.list_json("table", "inet", NFT_TABLE)
+    if objs is None:
+        return None
+    out = []
+    for obj in objs:
+        body = obj.get("map") or obj.get("set")
+        for elem in (body or {}).get("elem", []):
+            key, data = (elem[0], elem[1]) if "map" in obj else (elem, None)
+            comment = key.get("elem", {}).get("comment", "") if isinstance(key, dict) else ""
+            text = f'"{_text(key)}"' if body["name"] == NFT_OWNERS else _text(key)
+            out.append((body["name"], text, None if data is None else _text(data), comment))
+    return out
+
+
+def _nft_removal(listing: List[Tuple[str, str, Optional[str], str]], network: str, cid: str) -> List[str]:
+    owner = netfilter.owner_comment(network, cid)
+    return [f"delete element inet {NFT_TABLE} {m} {{ {k} }}" for m, k, _, c in listing if c == owner]
 
 
 def nft_add(s: Settings, network: str, cid: str) -> None:
-    dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
-    plan, _ = _nft_plan(s, network, cid)
-    if not plan:
+    plan = _nft_plan(s, network, cid)
+    if not plan.owned:
         return
-    # `create chain` fails the whole batch if the container already has mappings: only then is its
-    # chain read, and the repeated ADD replaces the old mappings within one transaction
-    err = nft.try_run(_nft_base() + [plan[0].replace("add chain", "create chain", 1)] + plan[1:])
+    owner = netfilter.owner_comment(network, cid)
+    # the marker is created too, so a repeated ADD fails here: only then is the table read, and
+    # the container's old elements are replaced within one transaction
+    err = nft.try_run(_nft_base() + _nft_add_lines(plan, owner))
     if err is not None:
-        old = _nft_owned(dn)
-        if old is not None:
-            err = nft.try_run(_nft_base() + _nft_removal(dn, sn, old) + plan)
+        err = nft.try_run(_nft_base() + _nft_removal(_nft_listing() or [], network, cid) +
+                          _nft_add_lines(plan, owner))
     if err is not None:
         busy = " (a host port is already mapped to another container)" if "File exists" in err else ""
         raise CNIError(spec.ERR_INTERNAL, f"unable to set up port mappings{busy}", err)
 
 
 def nft_del(network: str, cid: str, s: Optional[Settings] = None) -> None:
-    dn, sn = netfilter.chain_name(network, cid, "DN-"), netfilter.chain_name(network, cid, "SN-")
-    # the DEL's own mappings name the elements: one blind batch, unless they are not the whole story
-    planned = _nft_plan(s, network, cid)[1] if s is not None else []
-    if planned and nft.try_destroy(f"inet {NFT_TABLE}", [dn, sn], planned):
+    table = f"inet {NFT_TABLE}"
+    # the DEL's own mappings name the elements: one blind batch, unless they are not the whole
+    # story (the marker's fingerprint differs) or a key is another container's
+    planned = _nft_plan(s, network, cid).owned if s is not None else []
+    if planned and nft.try_destroy(table, [], planned):
         return
+    if not planned and not nft.has_element(table, NFT_OWNERS, _marker(network, cid)):
+        return  # no mappings named and none recorded: the common DEL of a pod without ports
     err = None
     for _ in range(3):  # a concurrent DEL of the same container may win; re-read and retry
-        owned = _nft_owned(dn)
-        if owned is None:
+        lines = _nft_removal(_nft_listing() or [], network, cid)
+        if not lines:
             return
-        err = nft.try_run(_nft_removal(dn, sn, owned))
+        err = nft.try_run(lines)
         if err is None:
             return
     raise CNIError(spec.ERR_INTERNAL, "unable to remove port mappings", err or "")
 
 
 def nft_check(s: Settings, network: str, cid: str) -> None:
-    dn = netfilter.chain_name(network, cid, "DN-")
-    _, wanted = _nft_plan(s, network, cid)
-    owned = _nft_owned(dn)
-    if wanted and owned is None:
-        raise CNIError(spec.ERR_INTERNAL, f"chain {dn} not found in nftables table inet {NFT_TABLE}")
-    for m, k, chain in wanted:
-        if (m, k) not in (owned or []):
-            raise CNIError(spec.ERR_INTERNAL, f"port mapping {m} {{ {k} }} missing from chain {dn}")
-        if nft.element_target(f"inet {NFT_TABLE}", m, k) != chain:
-            raise CNIError(spec.ERR_INTERNAL, f"map {m} has no element {{ {k} }}")
+    """Each element of the plan is there, with this container's comment and data: one `get
+    element` per map (no listing of the table)."""
+    owned = _nft_plan(s, network, cid).owned
+    comment = f"comment {nft.quote(netfilter.owner_comment(network, cid))}"
+    for name in dict.fromkeys(m for m, _, _ in owned):
+        elems = [(k, d) for m, k, d in owned if m == name]
+        rc, out, err = nft.command(f"get element inet {NFT_TABLE} {name} {{ {', '.join(k for k, _ in elems)} }}")
+        listed = " ".join(out.split()).replace("{ ", ", ").replace(" }", ",")  # ", <elem>," each
+        for k, d in elems:
+            if rc != 0 or f", {k} {comment}{f' : {d}' if d else ''}," not in listed:
+                raise CNIError(spec.ERR_INTERNAL, f"port mapping {name} {{ {k} }} of this container not found",
+                               err.strip())
+
+
+def nft_gc(network: str, valid: set) -> None:
+    """Remove the elements of every container of `network` not in `valid`: one listing, one batch."""
+    err = None
+    for _ in range(3):  # a concurrent DEL may remove some first; re-read and retry
+        listing = _nft_listing() or []
+        owners = {c: netfilter.parse_owner(c) for *_, c in listing}
+        lines = [f"delete element inet {NFT_TABLE} {m} {{ {k} }}" for m, k, _, c in listing
+                 if owners[c] and owners[c][0] == network and owners[c][1] not in valid]
+        if not lines:
+            return
+        err = nft.try_run(lines)
+        if err is None:
+            return
+    raise CNIError(spec.ERR_INTERNAL, "unable to remove stale port mappings", err or "")
 
 
 # --- iptables backend (Go-identical chains) --------------------------------------------------
@@ -445,12 +521,12 @@ class Portmap(Plugin):
         s = settings(conf, ctx.ifname)
         valid = {cid for cid, _ in spec.valid_attachments(conf)}
         if s.backend == netfilter.NFTABLES:
-            owners = set(nft.chain_owners(f"inet {NFT_TABLE}").values())
-        else:
-            owners = {o for v in (4, 6) for o in ipt.comment_owners(ipt.save(v, "nat"), TOP_DNAT)}
+            nft_gc(conf["name"], valid)
+            return
+        owners = {o for v in (4, 6) for o in ipt.comment_owners(ipt.save(v, "nat"), TOP_DNAT)}
         for network, cid in sorted(owners):
             if network == conf["name"] and cid not in valid:
-                (nft_del if s.backend == netfilter.NFTABLES else ipt_del)(network, cid)
+                ipt_del(network, cid)
 
     def status(self, ctx: skel.Context, conf: Conf) -> None:
         """Spec 1.1 STATUS: ready when the backend's tool runs."""
