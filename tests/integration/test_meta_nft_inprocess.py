@@ -163,6 +163,36 @@ def test_a_del_naming_part_of_what_add_made_still_removes_all(clean):
         assert gone not in text
 
 
+def test_portmap_chains_do_not_grow_with_containers(clean):
+    def chains():
+        return [ln.split()[1] for ln in mu.nft_ruleset().splitlines() if ln.strip().startswith("chain ")]
+
+    portmap.nft_add(pm_settings("10.64.0.5/24", [TCP]), "pmnet", "a")
+    portmap.nft_add(pm_settings("10.64.0.6/16", [{**TCP, "hostPort": 18081}]), "pmnet", "b")
+    first = chains()
+    assert "hairpin4-24" in first and "hairpin4-16" in first  # one shared chain per prefix length
+    for i in range(20):
+        portmap.nft_add(pm_settings(f"10.64.1.{i + 2}/24", [{**TCP, "hostPort": 19000 + i}]), "pmnet", f"c{i}")
+    assert chains() == first
+    text = mu.nft_ruleset()
+    # the subnet check is per container: its own subnet address . its own IP, masked by its chain
+    assert 'set podnets4' in text and '10.64.0.0 . 10.64.0.5 comment "net pmnet id a"' in text
+    assert "ip saddr & 255.255.0.0 . ip daddr @podnets4 masquerade" in text
+    portmap.nft_gc("pmnet", {"a"})
+    text = mu.nft_ruleset()
+    assert "id a" in text and "id b" not in text and "id c" not in text and "19000" not in text
+
+
+def test_portmap_add_on_a_table_of_the_older_layout_says_so(clean):
+    cnitest.sh(f"nft add table inet {portmap.NFT_TABLE} && nft add map inet {portmap.NFT_TABLE} ports4 "
+               f"'{{ type inet_proto . inet_service : verdict; }}' && nft add map inet {portmap.NFT_TABLE} post4 "
+               f"'{{ type ipv4_addr : verdict; }}'")
+    with pytest.raises(CNIError) as err:
+        portmap.nft_add(pm_settings("10.62.0.2/24", [TCP]), "pmnet", "p1")
+    assert "older cnikit" in err.value.msg and "already mapped" not in err.value.msg
+    assert "18080" not in mu.nft_ruleset()
+
+
 def test_dels_before_any_table_exists_are_quiet_no_ops(clean):
     netfilter.teardown_ipmasq("mnet", "c1", ["10.60.0.2/24"])
     portmap.nft_del("pmnet", "p1", pm_settings("10.62.0.2/24", [TCP]))

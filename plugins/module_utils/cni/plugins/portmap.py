@@ -339,6 +339,10 @@ def nft_add(s: Settings, network: str, cid: str) -> None:
     # the marker is created too, so a repeated ADD fails here: only then is the table read, and
     # the container's old elements are replaced within one transaction
     err = nft.try_run(_nft_base() + _nft_add_lines(plan, owner))
+    if err is not None and nft.list_json("map", "inet", NFT_TABLE, "post4") is not None:
+        # the same names with other types: nft only says "File exists"
+        raise CNIError(spec.ERR_INTERNAL, f"table inet {NFT_TABLE} has the layout of an older cnikit "
+                       "(a chain per container)", "DEL its containers with that version, or delete the table")
     if err is not None:
         err = nft.try_run(_nft_base() + _nft_removal(_nft_listing() or [], network, cid) +
                           _nft_add_lines(plan, owner))
