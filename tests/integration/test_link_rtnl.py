@@ -170,3 +170,52 @@ def test_macvlan_check_reads_the_mode(netns, tmp_path):
         assert cnitest.run("macvlan", "DEL", conf, netns=f"/run/netns/{netns}").rc == 0
     finally:
         cnitest.sh("ip link del m9", check=False)
+
+
+def test_remove_link_returns_with_the_link_and_its_state_gone(netns_factory):
+    """link.remove_link answers at the kernel's RTM_DELLINK notification, before the request's ACK
+    (which waits for rcu_barrier): by then nothing in either namespace may still show the link —
+    not the name, not its addresses or routes, not the veth's host end, not the bridge port — and
+    the name can be taken again at once."""
+    cont, host = netns_factory(), netns_factory()
+    cnitest.sh(f"ip -n {host} link add br9 type bridge && ip -n {host} link set br9 up "
+               f"&& ip -n {host} link add h0 type veth peer name eth0 netns {cont} "
+               f"&& ip -n {host} link set h0 master br9 up && ip -n {cont} link set eth0 up "
+               f"&& ip -n {cont} addr add 10.9.0.2/24 dev eth0 && ip -n {cont} route add 10.77.0.0/16 via 10.9.0.1")
+    with link.in_netns(f"/run/netns/{cont}"):
+        link.remove_link("eth0")
+    assert [i["ifname"] for i in cnitest.ip_json("link show", cont)] == ["lo"]
+    assert "10.9.0.2" not in cnitest.sh(f"ip -n {cont} addr show")
+    assert cnitest.sh(f"ip -n {cont} route show").strip() == ""
+    assert "h0" not in [i["ifname"] for i in cnitest.ip_json("link show", host)]
+    assert cnitest.ip_json("link show master br9", host) == []
+    cnitest.sh(f"ip -n {cont} link add eth0 type veth peer name p0")
+    assert "eth0" in [i["ifname"] for i in cnitest.ip_json("link show", cont)]
+
+
+def test_remove_link_raises_the_request_error(netns):
+    """A refused delete is the request's own error (the plugins map ENODEV to "already gone"), and
+    a name that is not there answers at once, with no notification to wait for."""
+    with link.in_netns(f"/run/netns/{netns}"):
+        with pytest.raises(Exception) as err:
+            link.remove_link("nope")
+        assert link.is_enodev(err.value)
+        with pytest.raises(Exception) as err:
+            link.remove_link("lo")  # the loopback cannot be deleted
+        assert link.netlink_error_code(err.value) is not None and not link.is_enodev(err.value)
+    assert [i["ifname"] for i in cnitest.ip_json("link show", netns)] == ["lo"]
+
+
+def test_remove_link_answers_before_the_ack(netns):
+    """The point of it: the call returns while the request is still in the kernel's deferred
+    freeing. Measured, not assumed: over 10 deletes, most return before the request's thread ends
+    (on this kernel the ACK comes ~15 ms after the notification)."""
+    import threading
+
+    early = 0
+    for i in range(10):
+        cnitest.sh(f"ip -n {netns} link add v{i} type veth peer name w{i}")
+        with link.in_netns(f"/run/netns/{netns}"):
+            link.remove_link(f"v{i}")
+        early += any(t.name == f"cnikit-dellink-v{i}" for t in threading.enumerate())
+    assert early >= 5, early

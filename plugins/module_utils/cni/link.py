@@ -117,14 +117,14 @@ class Rtnl:
     rules, full dumps). The pyroute2 internals used here are pinned by tests/integration/
     test_link_rtnl.py: each request must be the same bytes IPRoute sends."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups: int = 0) -> None:
         import socket  # noqa: PLC0415
 
         skip_pyroute2_init()
         from pyroute2.netlink.rtnl.marshal import MarshalRtnl  # noqa: PLC0415 - lazy on purpose
 
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)  # NETLINK_ROUTE
-        self.sock.bind((0, 0))
+        self.sock.bind((0, groups))  # groups: multicast notifications to receive (RTMGRP_*)
         self.marshal = MarshalRtnl()
         # what pyroute2's NetlinkRequest reads from its socket
         self.status = {"nlm_echo": False, "strict_check": False}
@@ -444,30 +444,82 @@ def link_addresses(ipr: Any, index: int, family: int = 0) -> List[str]:
     return out
 
 
+RTMGRP_LINK = 1
+RTM_DELLINK = 17
+
+
+def remove_link(name: str) -> None:
+    """RTM_DELLINK of `name` in this thread's netns, returning once the kernel has announced the
+    link deleted (its RTM_DELLINK notification), not when the request's ACK comes back.
+
+    The kernel unregisters a link in two phases inside the one request: under RTNL it unlists the
+    device, runs the NETDEV_UNREGISTER notifiers (addresses, routes, bridge port, neighbours go)
+    and sends the RTM_DELLINK notification; after RTNL it waits in `rcu_barrier()` and for the
+    last references before freeing the memory, ~15 ms here (docs/performance.md), and only then
+    ACKs. Nothing in the namespace can see the link after the notification, so that is when the
+    DEL's work is done; the request thread is left to collect the ACK (a process exits only after
+    it has: Python joins it). Raises the request's error (NetlinkError) if it fails instead."""
+    import select  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    watch, deleter = Rtnl(RTMGRP_LINK), Rtnl()  # both bound to this netns before the request leaves
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC)
+    failed: List[BaseException] = []
+
+    def request() -> None:
+        try:
+            deleter.link("del", ifname=name)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+        finally:
+            deleter.close()
+            try:
+                os.write(wake_w, b"x")
+            except OSError:  # the waiter already left (it saw the notification)
+                pass
+            os.close(wake_w)
+
+    worker = threading.Thread(target=request, name=f"cnikit-dellink-{name}")
+    try:
+        worker.start()
+        announced = False
+        while not announced:
+            ready = select.select([watch.sock, wake_r], [], [])[0]
+            if wake_r in ready:
+                break  # the request ended first: its outcome is the answer
+            try:
+                data = watch.sock.recv(1 << 16)
+            except OSError:  # ENOBUFS: notifications were dropped; wait for the ACK instead
+                worker.join()
+                break
+            announced = any(msg["header"]["type"] == RTM_DELLINK and msg["family"] == 0  # not AF_BRIDGE port news
+                            and msg.get_attr("IFLA_IFNAME") == name for msg in watch.marshal.parse(data))
+    finally:
+        watch.close()
+        os.close(wake_r)
+    if failed:
+        raise failed[0]
+
+
 def delete_link(ipr: Any, name: str, addrs: bool = True) -> Optional[List[str]]:
-    """Go ip.DelLinkByNameAddr: delete `name`, return its global unicast addresses (None: no link).
-    Without `addrs` (Go ip.DelLinkByName) it is one RTM_DELLINK by name, and [] when deleted."""
+    """Go ip.DelLinkByNameAddr: delete `name` (the link in ipr's netns, which must be this
+    thread's), return its global unicast addresses (None: no link). Without `addrs` (Go
+    ip.DelLinkByName) it is the delete alone, and [] when deleted."""
     import ipaddress  # noqa: PLC0415
 
-    if not addrs:
-        try:
-            ipr.link("del", ifname=name)
-        except Exception as exc:  # noqa: BLE001
-            if is_enodev(exc):
-                return None
-            raise fail(f"failed to delete {json_quote(name)}", exc) from None
-        return []
-    found = get_link(ipr, name)
-    if found is None:
-        return None
-    addrs = link_addresses(ipr, found["index"])
+    kept: List[str] = []
+    if addrs:
+        found = get_link(ipr, name)
+        if found is None:
+            return None
+        kept = [a for a in link_addresses(ipr, found["index"]) if is_global_unicast(ipaddress.ip_interface(a).ip)]
     try:
-        ipr.link("del", index=found["index"])
+        remove_link(name)
     except Exception as exc:  # noqa: BLE001
         if is_enodev(exc):
             return None
         raise fail(f"failed to delete {json_quote(name)}", exc) from None
-    return [a for a in addrs if is_global_unicast(ipaddress.ip_interface(a).ip)]
+    return kept
 
 
 def delete_link_in_netns(netns: str, name: str, addrs: bool = True) -> Optional[List[str]]:
