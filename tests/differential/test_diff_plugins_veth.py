@@ -281,3 +281,43 @@ def test_bridge_macspoofchk(worlds):
         assert_same(step(go, ours, "bridge", "DEL", with_prev(conf, add.go)))
     assert table(ours) == table(go)
     assert not any("cni-br-iface" in ln for ln in table(ours))
+
+
+def _prev_with_container_mac(conf, outcome, mac):
+    """CHECK config whose prevResult names a different MAC for the container interface."""
+    out = with_prev(conf, outcome)
+    for intf in out["prevResult"]["interfaces"]:
+        if intf.get("sandbox"):
+            intf["mac"] = mac
+    return out
+
+
+@pytest.mark.parametrize("plugin", ["ptp", "host-device"])
+def test_check_container_mac_and_presence_messages(worlds, plugin):
+    """The container-side CHECK messages, Go's text byte for byte: a MAC the prevResult names
+    wrongly (ptp prefixes it with "ptp: ", host-device does not), then the interface gone."""
+    go, ours = worlds
+    if plugin == "ptp":
+        conf = {"cniVersion": "1.0.0", "name": "ptpnet", "type": "ptp",
+                "ipam": {"type": "host-local", "subnet": "10.7.0.0/24"}}
+    else:
+        for w in (go, ours):
+            w.sh("ip link add hd0 type veth peer name hd0p")
+        conf = {"cniVersion": "1.0.0", "name": "hdnet", "type": "host-device", "device": "hd0",
+                "ipam": {"type": "static", "addresses": [{"address": "10.8.0.5/24"}]}}
+    add = step(go, ours, plugin, "ADD", conf)
+    assert_same(add)
+    g = go.run(plugin, "CHECK", _prev_with_container_mac(conf, add.go, "02:11:22:33:44:55"))
+    o = ours.run(plugin, "CHECK", _prev_with_container_mac(conf, add.ours, "02:11:22:33:44:55"))
+    assert g.rc == o.rc == 1
+    # the message ends with the interface's real MAC, which differs between the two worlds
+    mac = {side: next(i["mac"] for i in out.json["interfaces"] if i.get("sandbox"))
+           for side, out in (("go", add.go), ("ours", add.ours))}
+    assert o.json["msg"].replace(mac["ours"], "<mac>") == g.json["msg"].replace(mac["go"], "<mac>")
+    assert "doesn't match container Mac" in o.json["msg"], o.json["msg"]
+    for w in (go, ours):
+        w.sh("ip link set eth0 down && ip link set eth0 name gone0", ns=w.cont)
+    g = go.run(plugin, "CHECK", with_prev(conf, add.go))
+    o = ours.run(plugin, "CHECK", with_prev(conf, add.ours))
+    assert g.rc == o.rc == 1 and o.json["msg"] == g.json["msg"]
+    assert "Container Interface name in prevResult" in o.json["msg"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import ipam, link, skel
 from . import Conf, Result
-from .single import SingleLinkPlugin, check_prelude
+from .single import SingleLinkPlugin, check_container, check_prelude
 
 
 class Dummy(SingleLinkPlugin):
@@ -34,4 +34,4 @@ class Dummy(SingleLinkPlugin):
             if not found["up"]:
                 raise link.fail(f"Interface {cont['name']} is down")
 
-        self.check_container(ctx, result, cont, "dummy", "dummy", is_up)
+        check_container(ctx, result, cont, "dummy", "dummy", is_up)

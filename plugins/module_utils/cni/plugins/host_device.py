@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 from .. import ipam, link, skel, spec
 from ..spec import CNIError
 from . import Conf, Plugin, Result, conf_field
-from .single import check_prelude
+from .single import check_container, check_prelude
 
 SYS_BUS_PCI = "/sys/bus/pci/devices"
 USERSPACE_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
@@ -172,16 +172,7 @@ class HostDevice(Plugin):
         result, cont = check_prelude(ctx, conf, match=not n["dpdk"])
         if n["dpdk"]:
             return
-        with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
-                found = link.get_link(cipr, cont["name"])
-                if found is None:
-                    raise link.fail(f"Container Interface name in prevResult: {cont['name']} not found")
-                if cont.get("mac") and cont["mac"] != found["mac"]:
-                    raise link.fail(f"Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
-                                    f"{found['mac']}")
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        check_container(ctx, result, cont)
 
 
 def move_out(netns: str, ifname: str, flush: bool = False) -> None:

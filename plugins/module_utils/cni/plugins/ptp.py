@@ -16,7 +16,7 @@ from typing import Any
 from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
 from . import Conf, Plugin, Result, conf_field, gc_masquerade
-from .single import check_prelude
+from .single import check_container, check_prelude
 
 
 class Ptp(Plugin):
@@ -92,18 +92,7 @@ class Ptp(Plugin):
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         conf_field(conf, "mtu", int, 0)
         result, cont = check_prelude(ctx, conf, "ptp: Required prevResult missing")
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as cipr:
-                found = link.get_link(cipr, cont["name"])
-                if found is None:
-                    raise link.fail(f"ptp: Container Interface name in prevResult: {cont['name']} not found")
-                if found["kind"] != "veth":
-                    raise link.fail(f"Error: Container interface {cont['name']} not of type veth/p2p")
-                if cont.get("mac") and cont["mac"] != found["mac"]:
-                    raise link.fail(f"ptp: Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
-                                    f"{found['mac']}")
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+        check_container(ctx, result, cont, "veth", "veth/p2p", prefix="ptp: ")
         if conf_field(conf, "ipMasq", bool, False):
             netfilter.check_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
                                    conf_field(conf, "ipMasqBackend", str, None))

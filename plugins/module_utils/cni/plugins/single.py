@@ -77,25 +77,6 @@ class SingleLinkPlugin(Plugin):
         faults.point(f"{self.name}.del_after_ipam")
         link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)  # a gone netns took its link with it
 
-    def check_container(self, ctx: skel.Context, result: Result, cont: Dict[str, Any], kind: str, what: str,
-                        validate: Optional[Callable[[link.Iface], None]] = None) -> None:
-        """The container side of Go's cmdCheck: validateCniContainerInterface (present, of `kind`,
-        `validate` e.g. the mode, MAC), then the prevResult's IPs and routes on it."""
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as cipr:
-                found = link.get_link(cipr, cont["name"])
-                if found is None:
-                    raise link.fail(f"Container Interface name in prevResult: {cont['name']} not found")
-                if found["kind"] != kind:
-                    raise link.fail(f"Error: Container interface {cont['name']} not of type {what}")
-                if validate is not None:
-                    validate(found)
-                if cont.get("mac") and cont["mac"] != found["mac"]:
-                    raise link.fail(f"Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
-                                    f"{found['mac']}")
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
-
     def check_mode(self, ctx: skel.Context, conf: Conf, modes: Dict[str, int], attr: str) -> None:
         """cmdCheck of macvlan/ipvlan: the link is of this kind and in the configured mode."""
         result, cont = check_prelude(ctx, conf)
@@ -107,7 +88,7 @@ class SingleLinkPlugin(Plugin):
             if have_name != want:
                 raise link.fail(f"Container {self.name} mode {have_name} does not match expected value: {want}")
 
-        self.check_container(ctx, result, cont, self.name, self.name, same_mode)
+        check_container(ctx, result, cont, self.name, self.name, same_mode)
 
 
 def mode_field(conf: Conf, kind: str, modes: Dict[str, int]) -> str:
@@ -116,6 +97,28 @@ def mode_field(conf: Conf, kind: str, modes: Dict[str, int]) -> str:
     if mode not in modes:
         raise link.fail(f"unknown {kind} mode: {link.json_quote(mode)}")
     return mode
+
+
+def check_container(ctx: skel.Context, result: Result, cont: Dict[str, Any], kind: Optional[str] = None,
+                    what: str = "", validate: Optional[Callable[[link.Iface], None]] = None,
+                    prefix: str = "") -> None:
+    """The container side of Go's cmdCheck: validateCniContainerInterface (present, of `kind` when
+    given, `validate` e.g. the mode, MAC), then the prevResult's IPs and routes on it. `prefix`
+    is the plugin's own start of Go's messages (ptp writes "ptp: ")."""
+    with link.in_netns(ctx.netns):
+        with link.rtnl() as cipr:
+            found = link.get_link(cipr, cont["name"])
+            if found is None:
+                raise link.fail(f"{prefix}Container Interface name in prevResult: {cont['name']} not found")
+            if kind is not None and found["kind"] != kind:
+                raise link.fail(f"Error: Container interface {cont['name']} not of type {what}")
+            if validate is not None:
+                validate(found)
+            if cont.get("mac") and cont["mac"] != found["mac"]:
+                raise link.fail(f"{prefix}Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
+                                f"{found['mac']}")
+            link.check_interface_ips(cipr, ctx.ifname, result["ips"])
+            link.check_routes(cipr, result["routes"])
 
 
 def check_prelude(ctx: skel.Context, conf: Conf, missing: str = "Required prevResult missing",

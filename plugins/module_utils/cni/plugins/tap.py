@@ -12,7 +12,7 @@ from typing import Any
 from .. import link, skel, spec
 from ..spec import CNIError
 from . import Conf, Result, conf_field
-from .single import SingleLinkPlugin, check_prelude
+from .single import SingleLinkPlugin, check_container, check_prelude
 
 
 class Tap(SingleLinkPlugin):
@@ -74,4 +74,4 @@ class Tap(SingleLinkPlugin):
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         self.load(ctx, conf)
         result, cont = check_prelude(ctx, conf)
-        self.check_container(ctx, result, cont, "tun", "tap")
+        check_container(ctx, result, cont, "tun", "tap")

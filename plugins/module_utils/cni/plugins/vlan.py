@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 from .. import ipam, link, skel
 from . import Conf, Result, conf_field
-from .single import SingleLinkPlugin, check_prelude
+from .single import SingleLinkPlugin, check_container, check_prelude
 
 
 class Vlan(SingleLinkPlugin):
@@ -57,4 +57,4 @@ class Vlan(SingleLinkPlugin):
                 raise link.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
                                 f"expected value: {n['vlanId']}")
 
-        self.check_container(ctx, result, cont, "vlan", "vlan", same_id)
+        check_container(ctx, result, cont, "vlan", "vlan", same_id)
