@@ -25,7 +25,7 @@ import re
 import socket
 import sys
 import zlib
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import faults, link, netfilter, skel, spec
 from ..netfilter import iptables as ipt
@@ -310,7 +310,10 @@ def _text(obj: Any) -> str:
     return str(obj)
 
 
-def _nft_listing() -> Optional[List[Tuple[str, str, Optional[str], str]]]:
+Listed = Tuple[str, str, Optional[str], str]  # an element of the table: (map or set, key, data, comment)
+
+
+def _nft_listing() -> Optional[List[Listed]]:
     """Every element of the table as (map or set, key, data, comment); None without the table."""
     objs = nft.list_json("table", "inet", NFT_TABLE)
     if objs is None:
@@ -326,7 +329,7 @@ def _nft_listing() -> Optional[List[Tuple[str, str, Optional[str], str]]]:
     return out
 
 
-def _nft_removal(listing: List[Tuple[str, str, Optional[str], str]], network: str, cid: str) -> List[str]:
+def _nft_removal(listing: List[Listed], network: str, cid: str) -> List[str]:
     owner = netfilter.owner_comment(network, cid)
     return [f"delete element inet {NFT_TABLE} {m} {{ {k} }}" for m, k, _, c in listing if c == owner]
 
@@ -360,15 +363,7 @@ def nft_del(network: str, cid: str, s: Optional[Settings] = None) -> None:
         return
     if not planned and not nft.has_element(table, NFT_OWNERS, _marker(network, cid)):
         return  # no mappings named and none recorded: the common DEL of a pod without ports
-    err = None
-    for _ in range(3):  # a concurrent DEL of the same container may win; re-read and retry
-        lines = _nft_removal(_nft_listing() or [], network, cid)
-        if not lines:
-            return
-        err = nft.try_run(lines)
-        if err is None:
-            return
-    raise CNIError(spec.ERR_INTERNAL, "unable to remove port mappings", err or "")
+    _nft_apply_listed(lambda listing: _nft_removal(listing, network, cid), "unable to remove port mappings")
 
 
 def nft_check(s: Settings, network: str, cid: str) -> None:
@@ -388,18 +383,26 @@ def nft_check(s: Settings, network: str, cid: str) -> None:
 
 def nft_gc(network: str, valid: set) -> None:
     """Remove the elements of every container of `network` not in `valid`: one listing, one batch."""
-    err = None
-    for _ in range(3):  # a concurrent DEL may remove some first; re-read and retry
-        listing = _nft_listing() or []
+    def stale(listing: List[Listed]) -> List[str]:
         owners = {c: netfilter.parse_owner(c) for *_, c in listing}
-        lines = [f"delete element inet {NFT_TABLE} {m} {{ {k} }}" for m, k, _, c in listing
-                 if owners[c] and owners[c][0] == network and owners[c][1] not in valid]
+        return [f"delete element inet {NFT_TABLE} {m} {{ {k} }}" for m, k, _, c in listing
+                if owners[c] and owners[c][0] == network and owners[c][1] not in valid]
+
+    _nft_apply_listed(stale, "unable to remove stale port mappings")
+
+
+def _nft_apply_listed(build: Callable[[List[Listed]], List[str]], failure: str) -> None:
+    """Read the table's elements, apply the batch `build` makes of them (nothing: done); a
+    concurrent DEL may change the table first and fail the batch as a whole: re-read and retry."""
+    err = None
+    for _ in range(3):
+        lines = build(_nft_listing() or [])
         if not lines:
             return
         err = nft.try_run(lines)
         if err is None:
             return
-    raise CNIError(spec.ERR_INTERNAL, "unable to remove stale port mappings", err or "")
+    raise CNIError(spec.ERR_INTERNAL, failure, err or "")
 
 
 # --- iptables backend (Go-identical chains) --------------------------------------------------
