@@ -202,6 +202,13 @@ def step(go: World, ours: World, plugin: str, command: str, conf: Any, **kw: Any
     return Step(go.run(plugin, command, conf, **kw), ours.run(plugin, command, conf, **kw), go, ours)
 
 
+def step_after(go: World, ours: World, plugin: str, command: str, conf: Dict[str, Any], add: Step,
+               **kw: Any) -> Step:
+    """CHECK or DEL after `add`: each side with its own ADD result as prevResult."""
+    return Step(go.run(plugin, command, with_prev(conf, add.go), **kw),
+                ours.run(plugin, command, with_prev(conf, add.ours), **kw), go, ours)
+
+
 def assert_same(st: Step, msg: bool = False) -> None:
     """Same rc; same error code (and message when `msg`); same normalised result otherwise."""
     g, o = st.results()
@@ -239,13 +246,9 @@ def lifecycle(go: World, ours: World, plugin: str, conf: Dict[str, Any], sysctls
         return add
     version = conf.get("cniVersion", "0.1.0")
     if check and version in ("0.4.0", "1.0.0"):
-        chk = Step(go.run(plugin, "CHECK", with_prev(conf, add.go), **kw),
-                   ours.run(plugin, "CHECK", with_prev(conf, add.ours), **kw), go, ours)
-        assert_same(chk, msg=True)
+        assert_same(step_after(go, ours, plugin, "CHECK", conf, add, **kw), msg=True)
     for _ in range(dels):
-        dele = Step(go.run(plugin, "DEL", with_prev(conf, add.go), **kw),
-                    ours.run(plugin, "DEL", with_prev(conf, add.ours), **kw), go, ours)
-        assert_same(dele, msg=True)
+        assert_same(step_after(go, ours, plugin, "DEL", conf, add, **kw), msg=True)
     names = [[link["ifname"] for link in st["cont"]["link"]] for st in (before, ours.state(sysctls))]
     assert names[0] == names[1], "DEL left links behind in the container"
     assert_same_state(go, ours, sysctls, nat)

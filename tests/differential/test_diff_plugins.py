@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cnitest  # noqa: E402
-from difflib_cni import assert_same, assert_same_state, lifecycle, make_worlds, step, tree, with_prev  # noqa: E402
+from difflib_cni import assert_same, assert_same_state, lifecycle, make_worlds, step, step_after, tree  # noqa: E402
 
 MASTER = "ip link add m0 type veth peer name m0p && ip link set m0 up && ip link set m0p up"
 
@@ -208,8 +208,8 @@ def test_macvlan_check_detects_drift(worlds):
         w.sh("ip addr flush dev eth0", ns=w.cont)
     chk = step(go, ours, "macvlan", "CHECK", conf)  # no prevResult
     assert_same(chk, msg=True)
-    go_chk = go.run("macvlan", "CHECK", with_prev(conf, add.go))
-    our_chk = ours.run("macvlan", "CHECK", with_prev(conf, add.ours))
+    chk = step_after(go, ours, "macvlan", "CHECK", conf, add)
+    go_chk, our_chk = chk.go, chk.ours
     assert go_chk.rc == our_chk.rc == 1
     assert our_chk.json["msg"] == go_chk.json["msg"] == "Failed to match addr 10.5.0.2/24 on interface eth0"
 
@@ -223,8 +223,8 @@ def test_macvlan_del_master_gone(worlds):
     assert_same(add)
     for w in (go, ours):
         w.sh("ip link del m0")
-    g = go.run("macvlan", "DEL", with_prev(conf, add.go))
-    o = ours.run("macvlan", "DEL", with_prev(conf, add.ours))
+    dele = step_after(go, ours, "macvlan", "DEL", conf, add)
+    g, o = dele.go, dele.ours
     assert g.rc == 1 and g.json["msg"] == "Link not found"
     assert o.rc == 0, o.stdout
     assert "mvnet/10.5.0.2" not in ours.state()["data"]

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from difflib_cni import assert_same, assert_same_state, lifecycle, make_worlds, step, tree, with_prev  # noqa: E402
+from difflib_cni import (assert_same, assert_same_state, lifecycle, make_worlds, step, step_after, tree,  # noqa: E402
+                         with_prev)
 
 BR_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv6.conf.cni0.accept_ra")
 CONT_SYSCTLS = ("net.ipv4.conf.eth0.arp_notify", "net.ipv6.conf.eth0.accept_dad")
@@ -153,13 +154,13 @@ def test_bridge_check_detects_drift(worlds):
     assert_same(add)
     for w in (go, ours):
         w.sh("ip addr flush dev eth0", ns=w.cont)
-    g = go.run("bridge", "CHECK", with_prev(conf, add.go))
-    o = ours.run("bridge", "CHECK", with_prev(conf, add.ours))
+    chk = step_after(go, ours, "bridge", "CHECK", conf, add)
+    g, o = chk.go, chk.ours
     assert g.rc == o.rc == 1 and g.json["msg"] == o.json["msg"]
     for w, a in ((go, add.go), (ours, add.ours)):
         w.sh("ip link set cni0 promisc on")
-    g = go.run("bridge", "CHECK", with_prev(conf, add.go))
-    o = ours.run("bridge", "CHECK", with_prev(conf, add.ours))
+    chk = step_after(go, ours, "bridge", "CHECK", conf, add)
+    g, o = chk.go, chk.ours
     assert g.rc == o.rc == 1 and g.json["msg"] == o.json["msg"]
 
 
@@ -215,8 +216,8 @@ def test_ptp_check_detects_drift(worlds):
     assert_same(add)
     for w in (go, ours):
         w.sh("ip route del 10.7.0.0/24", ns=w.cont)
-    g = go.run("ptp", "CHECK", with_prev(conf, add.go))
-    o = ours.run("ptp", "CHECK", with_prev(conf, add.ours))
+    chk = step_after(go, ours, "ptp", "CHECK", conf, add)
+    g, o = chk.go, chk.ours
     assert g.rc == o.rc == 1 and g.json["msg"] == o.json["msg"]
 
 
@@ -317,7 +318,7 @@ def test_check_container_mac_and_presence_messages(worlds, plugin):
     assert "doesn't match container Mac" in o.json["msg"], o.json["msg"]
     for w in (go, ours):
         w.sh("ip link set eth0 down && ip link set eth0 name gone0", ns=w.cont)
-    g = go.run(plugin, "CHECK", with_prev(conf, add.go))
-    o = ours.run(plugin, "CHECK", with_prev(conf, add.ours))
+    chk = step_after(go, ours, plugin, "CHECK", conf, add)
+    g, o = chk.go, chk.ours
     assert g.rc == o.rc == 1 and o.json["msg"] == g.json["msg"]
     assert "Container Interface name in prevResult" in o.json["msg"]
