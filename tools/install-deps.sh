@@ -3,7 +3,7 @@
 # gcc + libc6-dev build the compiled CNI shim (plugins/module_utils/cni/shim.c); without them the
 # executables are the slower dash + Python launchers.
 set -euo pipefail
-PKGS="gcc libc6-dev containernetworking-plugins podman containerd busybox-static iptables nftables python3-nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux"
+PKGS="gcc libc6-dev containernetworking-plugins podman containerd busybox-static iptables nftables python3-nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux etcd-client bird2 openssh-server sudo qemu-system-x86 tcpdump"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
