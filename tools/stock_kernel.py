@@ -37,7 +37,7 @@ META = "linux-image-amd64"
 # needed before the shared root is mounted, in this order of need (dependencies resolved below)
 BOOT_MODULES = ["virtio_pci", "virtio_blk", "9pnet_virtio", "9p", "overlay"]
 # loaded at boot so a missing one fails loudly up front; the rest (netfilter, qdiscs) load on demand
-LINK_MODULES = ["dummy", "8021q", "ipvlan", "vrf", "ipip", "macvlan", "vxlan", "veth", "bridge", "tun"]
+LINK_MODULES = ["dummy numdummies=0", "8021q", "ipvlan", "vrf", "ipip", "macvlan", "vxlan", "veth", "bridge", "tun"]
 # environment passed into the guest command (everything else is a clean login-like environment)
 PASS_ENV = ("CNIKIT_FUZZ_DERANDOMIZE", "PYTEST_ADDOPTS")
 
@@ -130,7 +130,9 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xchg /mnt/xchg || fail
 . /mnt/xchg/guest.env
 # modules on demand (kernel.modprobe = this initramfs's busybox modprobe) from the extracted tree
 ln -s "/mnt/host$MODTREE" /lib/modules
-for m in $LINK_MODULES; do modprobe "$m" || fail "modprobe $m failed"; done
+IFS=";"; for m in $LINK_MODULES; do IFS=" "; modprobe $m || fail "modprobe $m failed"; done; unset IFS
+# no fallback tunnel devices (tunl0, sit0, ...) in every new netns: tests compare link lists
+echo 2 >/proc/sys/net/core/fb_tunnels_only_for_init_net
 mount -t tmpfs -o size=60% tmpfs /mnt/rw && mkdir /mnt/rw/upper /mnt/rw/work
 mount -t overlay overlay -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /mnt/root || fail overlay
 R=/mnt/root
@@ -210,7 +212,7 @@ def run(argv: List[str], timeout: int, memory: int) -> int:
     os.makedirs(runs, exist_ok=True)
     xchg = tempfile.mkdtemp(prefix="run-", dir=runs)
     env_lines = [f"MODTREE={shlex.quote(os.path.dirname(moddir))}", f"XCHG={shlex.quote(xchg)}",
-                 f"LINK_MODULES={shlex.quote(' '.join(LINK_MODULES))}"]
+                 f"LINK_MODULES={shlex.quote(';'.join(LINK_MODULES))}"]
     with open(os.path.join(xchg, "guest.env"), "w") as fh:
         fh.write("\n".join(env_lines) + "\n")
     passed = "".join(f"export {k}={shlex.quote(os.environ[k])}\n" for k in PASS_ENV if k in os.environ)
