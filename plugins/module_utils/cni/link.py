@@ -602,10 +602,41 @@ def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any], found: Option
     for route in result.get("routes") or []:
         dst = route["dst"]
         gw = route.get("gw") or (v6gw if ":" in dst else v4gw)
+        extras = route_extras(route)
         try:
-            add_route(ipr, dst, gw, found["index"], append=True)
+            add_route(ipr, dst, gw, found["index"], append=True, **extras)
         except Exception as exc:  # noqa: BLE001
             raise fail(f"failed to add route '{dst} via {gw} dev {ifname}'", exc) from None
+
+
+ROUTE_EXTRAS = ("mtu", "advmss", "priority", "table", "scope")  # CNI 1.1 route fields
+MAIN_TABLE = 254
+
+
+def route_extras(route: Dict[str, Any]) -> Dict[str, Any]:
+    """A result route's CNI 1.1 fields as route attributes, as libcni 1.1's ConfigureIface sets them:
+    mtu and advmss as RTA_METRICS (0 = unset), priority (metric), table (RTA_TABLE, any uint32) and
+    scope (rtm_scope). A field that is not a non-negative integer is a config error."""
+    vals: Dict[str, int] = {}
+    for key in ROUTE_EXTRAS:
+        val = route.get(key)
+        if val is None:
+            continue
+        if not isinstance(val, int) or isinstance(val, bool) or val < 0 or (key == "scope" and val > 255):
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid route {key} {val!r} for {route.get('dst')}",
+                           "a non-negative integer (scope: 0..255)")
+        vals[key] = val
+    out: Dict[str, Any] = {}
+    metrics = {k: vals[k] for k in ("mtu", "advmss") if vals.get(k)}
+    if metrics:
+        out["metrics"] = metrics
+    if vals.get("priority"):
+        out["priority"] = vals["priority"]
+    if "table" in vals:
+        out["table"] = vals["table"] or MAIN_TABLE
+    if "scope" in vals:
+        out["scope"] = vals["scope"]
+    return out
 
 
 def add_address(ipr: Any, index: int, cidr: str) -> None:
@@ -637,11 +668,23 @@ def add_route(ipr: Any, dst: str, gw: Optional[str], oif: int, scope: Optional[i
 
 # --- CHECK helpers (Go ip.ValidateExpectedInterfaceIPs / ValidateExpectedRoute) -----------------
 
-def _main_routes(ipr: Any, family: int) -> List[Tuple[str, Optional[str]]]:
+def _main_routes(ipr: Any, family: int, table: int = MAIN_TABLE) -> List[Tuple[str, Optional[str]]]:
+    return [(dst, gw) for dst, gw, _extras in _table_routes(ipr, family, table)]
+
+
+def _table_routes(ipr: Any, family: int, table: int) -> List[Tuple[Optional[str], Optional[str], Dict[str, Any]]]:
+    """(dst, gw, route_extras-shaped attributes) of the routes of one table."""
     out = []
-    for r in ipr.get_routes(family=family, table=254):
+    for r in ipr.get_routes(family=family, table=table):
         dst = r.get_attr("RTA_DST")
-        out.append((f"{dst}/{r['dst_len']}" if dst else None, r.get_attr("RTA_GATEWAY")))
+        metrics = r.get_attr("RTA_METRICS")
+        extras: Dict[str, Any] = {"scope": r["scope"], "table": r.get_attr("RTA_TABLE") or r["table"]}
+        if r.get_attr("RTA_PRIORITY"):
+            extras["priority"] = r.get_attr("RTA_PRIORITY")
+        have = {k: metrics.get_attr(f"RTAX_{k.upper()}") for k in ("mtu", "advmss")} if metrics is not None else {}
+        if any(have.values()):
+            extras["metrics"] = {k: v for k, v in have.items() if v}
+        out.append((f"{dst}/{r['dst_len']}" if dst else None, r.get_attr("RTA_GATEWAY"), extras))
     return out
 
 
@@ -669,18 +712,25 @@ def check_routes(ipr: Any, routes: List[Dict[str, Any]]) -> None:
     for route in routes:
         net = ipaddress.ip_network(route["dst"], strict=False)
         want_gw = route.get("gw")
+        # CNI 1.1 fields: the route is looked for in its table and must carry what was asked
+        want = route_extras(route)
         found = False
-        for dst, gw in _main_routes(ipr, 10 if net.version == 6 else 2):
+        for dst, gw, have in _table_routes(ipr, 10 if net.version == 6 else 2, want.get("table", MAIN_TABLE)):
             if net.prefixlen == 0:
                 found = dst is None or ipaddress.ip_network(dst).prefixlen == 0
             else:
                 found = dst is not None and ipaddress.ip_network(dst) == net and (
                     (gw is None and not want_gw) or (gw is not None and want_gw is not None
                                                      and ipaddress.ip_address(gw) == ipaddress.ip_address(want_gw)))
+            found = found and all(have.get(k) == v for k, v in want.items() if k != "metrics") and all(
+                have.get("metrics", {}).get(k) == v for k, v in want.get("metrics", {}).items())
             if found:
                 break
         if not found:
-            raise fail(f"Expected Route {go_route(net, want_gw)} not found in routing table")
+            where = f" {want['table']}" if "table" in want else ""
+            extra = "".join(f" {k} {v}" for k, v in sorted({**want.get("metrics", {}), **want}.items())
+                            if k not in ("metrics", "table"))
+            raise fail(f"Expected Route {go_route(net, want_gw)}{extra} not found in routing table{where}")
 
 
 def go_route(net: Any, gw: Optional[str]) -> str:
