@@ -1,4 +1,4 @@
-"""CNI 1.1 route fields on the live kernel: `mtu`, `advmss`, `priority`, `table`, `scope` of the
+"""CNI 1.1 route fields (and the interface `mtu`) on the live kernel: `mtu`, `advmss`, `priority`, `table`, `scope` of the
 IPAM routes are set on the container's routes, CHECK finds them (in their table, with those
 values) and fails when the kernel's route drifts. No Go 1.1.1 oracle exists for these fields (Go
 applies them from plugins v1.5 / libcni 1.1): the expected kernel state is the spec's."""
@@ -129,3 +129,20 @@ def test_bad_route_field_is_a_config_error_and_nothing_is_left(netns_factory, tm
         assert [f for _d, _s, files in os.walk(tmp_path) for f in files if f[0].isdigit()] == []
     finally:
         cnitest.sh("ip link del m0", check=False)
+
+
+def test_interface_mtu_field(pod):
+    """CNI 1.1 interface `mtu`: the 1.1.0 result reports the container link's MTU, CHECK compares
+    it with the kernel's; a 1.0.0 result has no such field."""
+    ns, conf, add = pod
+    assert add.json["interfaces"][0]["mtu"] == cnitest.ip_json("link show eth0", ns)[0]["mtu"] == 1500
+    cnitest.sh(f"ip -n {ns} link set eth0 mtu 1400")
+    out = check(ns, conf)
+    assert out.rc == 1 and out.json["msg"] == "Interface eth0 MTU 1500 doesn't match container MTU: 1400"
+    cnitest.sh(f"ip -n {ns} link set eth0 mtu 1500")
+    assert check(ns, conf).rc == 0
+    old = cnitest.inproc("macvlan", "ADD", dict(conf, cniVersion="1.0.0", prevResult=None), netns=f"/run/netns/{ns}",
+                         ifname="eth1")
+    assert old.rc == 0 and "mtu" not in old.json["interfaces"][0], old.stdout
+    cnitest.inproc("macvlan", "DEL", dict(conf, cniVersion="1.0.0", prevResult=None), netns=f"/run/netns/{ns}",
+                   ifname="eth1")

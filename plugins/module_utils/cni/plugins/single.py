@@ -21,7 +21,9 @@ class SingleLinkPlugin(Plugin):
     def finish_add(self, ctx: skel.Context, conf: Conf, made: link.Iface, preset: Optional[Result] = None) -> Result:
         """IPAM (ips on interface 0) and the container side; a failure undoes link and IPAM.
         `preset`: addresses/routes to apply instead of IPAM's (ipvlan chained after another plugin)."""
-        result = spec.new_result(interfaces=[{"name": ctx.ifname, "mac": made["mac"], "sandbox": ctx.netns}])
+        # `mtu` is a CNI 1.1 interface field: printed for 1.1.0 configs only (spec.result_to_dict)
+        result = spec.new_result(interfaces=[{"name": ctx.ifname, "mac": made["mac"], "mtu": made["mtu"],
+                                              "sandbox": ctx.netns}])
         ipam_done = False
         try:
             faults.point(f"{self.name}.after_link_create")  # crash-safety tests (faults.py)
@@ -117,6 +119,9 @@ def check_container(ctx: skel.Context, result: Result, cont: Dict[str, Any], kin
             if cont.get("mac") and cont["mac"] != found["mac"]:
                 raise link.fail(f"{prefix}Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
                                 f"{found['mac']}")
+            if cont.get("mtu") and cont["mtu"] != found["mtu"]:  # CNI 1.1 interface field
+                raise link.fail(f"{prefix}Interface {cont['name']} MTU {cont['mtu']} doesn't match container MTU: "
+                                f"{found['mtu']}")
             link.check_interface_ips(cipr, ctx.ifname, result["ips"])
             link.check_routes(cipr, result["routes"])
 
