@@ -63,7 +63,7 @@ kernel-image:
 
 test-kernel: venv plugins kernel-image
 	$(PY) tools/stock_kernel.py run --timeout $(KERNEL_TIMEOUT) -- \
-	  tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider -rs $(KERNEL_TESTS) $(PYTEST_ARGS)
+	  tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider -rs --durations=10 $(KERNEL_TESTS) $(PYTEST_ARGS)
 
 demo: deps venv plugins
 	tools/sandbox.sh $(PY) -m tools.demo

@@ -20,6 +20,7 @@ PLUGINS: Dict[str, Tuple[str, str]] = {
     "firewall": ("plugins.firewall", "Firewall"),
     "tuning": ("plugins.tuning", "Tuning"),
     "sbr": ("plugins.sbr", "Sbr"),
+    "vrf": ("plugins.vrf", "Vrf"),
     "host-local": ("ipam.host_local", "HostLocal"),
     "static": ("ipam.static", "Static"),
     "dhcp": ("ipam.dhcp", "Dhcp"),

@@ -17,6 +17,7 @@ class SingleLinkPlugin(Plugin):
 
     arp_notify = True  # Go vlan and dummy do not set net.ipv4.conf.<if>.arp_notify
     dns_from_conf = True  # Go dummy keeps IPAM's dns; the others print the config's
+    mode_label = ""  # how Go's CHECK names the kind in "Container <label> mode ..." (default: name)
 
     def finish_add(self, ctx: skel.Context, conf: Conf, made: link.Iface, preset: Optional[Result] = None) -> Result:
         """IPAM (ips on interface 0) and the container side; a failure undoes link and IPAM.
@@ -88,7 +89,8 @@ class SingleLinkPlugin(Plugin):
             have = link.info_data(found, attr)
             have_name = {v: k for k, v in modes.items()}.get(have, str(have))
             if have_name != want:
-                raise link.fail(f"Container {self.name} mode {have_name} does not match expected value: {want}")
+                raise link.fail(f"Container {self.mode_label or self.name} mode {have_name} does not match expected "
+                                f"value: {want}")
 
         check_container(ctx, result, cont, self.name, self.name, same_mode)
 
