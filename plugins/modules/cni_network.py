@@ -27,18 +27,12 @@ description:
     not in it - also what another runtime attached to the same network name and data directory.
     Only one runtime may GC a network; see docs/runtime.md (the multi-runtime hazard).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
-requirements:
-  - pyroute2 >= 0.9.5
-  - root on the target
+  - cnikit.cni.common
+  - cnikit.cni.common.netlink
 attributes:
   check_mode:
-    support: full
     details: CHECK (read-only) runs in check mode, so the prediction of C(changed) is exact.
-  diff_mode:
-    support: full
 options:
   name:
     description: Name of a network to load from O(conf_dir) (first C(.conflist), then C(.conf)/C(.json), as libcni).
