@@ -222,6 +222,7 @@ def run(argv: List[str], timeout: int, memory: int) -> int:
                  f"cd {shlex.quote(os.getcwd())}\nexec {shlex.join(argv)}\n")
     qemu = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1", "-nographic",
             "-no-reboot", "-nodefaults", "-serial", "stdio", "-display", "none",
+            "-fw_cfg", "name=etc/sercon-port,string=0",  # SeaBIOS: no screen-clearing escapes on the serial log
             "-kernel", vmlinuz, "-initrd", initrd,
             "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
