@@ -56,11 +56,16 @@ def kernel_package() -> str:
 
 
 def kernel_dir() -> str:
-    """The extracted tree of the prepared kernel (the newest, if several were prepared)."""
-    dirs = sorted(glob.glob(os.path.join(CACHE, "linux-image-*", "lib", "modules", "*")))
-    if not dirs:
+    """The modules dir of the kernel `prepare` made last (its package name is in CACHE/current)."""
+    try:
+        with open(os.path.join(CACHE, "current")) as fh:
+            pkg = fh.read().strip()
+    except FileNotFoundError:
         raise SystemExit("stock-kernel: no kernel prepared; run `tools/stock_kernel.py prepare` (needs network)")
-    return dirs[-1]
+    dirs = glob.glob(os.path.join(CACHE, pkg, "lib", "modules", "*"))
+    if len(dirs) != 1:
+        raise SystemExit(f"stock-kernel: {CACHE}/{pkg} holds no single kernel; run prepare again")
+    return dirs[0]
 
 
 def prepare() -> None:
@@ -79,6 +84,8 @@ def prepare() -> None:
         kver = os.listdir(os.path.join(tree, "lib", "modules"))[0]
         subprocess.run(["busybox", "depmod", "-b", tree, kver], check=True)
         open(os.path.join(tree, ".extracted"), "w").close()
+    with open(os.path.join(CACHE, "current"), "w") as fh:
+        fh.write(pkg + "\n")
     build_initrd(kernel_dir())
 
 
