@@ -27,7 +27,7 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 # Write every CNI executable (bridge, macvlan, host-local, ...) into $(DEST): the compiled shim built
 # with $(CC) (make's default: cc), or with `make plugins CC=` the dash + Python launchers.
 plugins: venv
-	$(PY) -c 'import sys; sys.path.insert(0, "$(ROOT)/plugins/module_utils"); from cni.main import main; sys.exit(main(["cnikit", "install-plugins", "$(DEST)", "--python", "$(PY)", "--cc", "$(CC)"]))'
+	$(PY) -c 'import sys; sys.path.insert(0, "$(ROOT)/plugins/module_utils"); from cni.node.main import main; sys.exit(main(["cnikit", "install-plugins", "$(DEST)", "--python", "$(PY)", "--cc", "$(CC)"]))'
 
 unit: venv
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

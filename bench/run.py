@@ -91,7 +91,7 @@ def setup_sandbox(flavours: List[str]) -> Optional[Agent]:
     if os.environ.get("CNIKIT_SANDBOX") != "1":
         raise SystemExit("bench cases must run inside tools/sandbox.sh")
     sys.path.insert(0, LIB)
-    from cni.main import write_executables  # noqa: PLC0415
+    from cni.node.main import write_executables  # noqa: PLC0415
 
     py = os.path.join(ROOT, ".venv", "bin", "python3")
     write_executables(BINDIRS["ours"], py, LIB, socket=AGENT_SOCK)

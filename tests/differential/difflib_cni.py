@@ -89,7 +89,8 @@ class World:
         if isinstance(payload, str):
             payload = payload.encode()
         if self.inproc:
-            from cni import link, registry, skel  # noqa: PLC0415
+            from cni.net import link  # noqa: PLC0415
+            from cni.protocol import registry, skel  # noqa: PLC0415
 
             with link.in_netns(f"/run/netns/{self.host}"):
                 rc, out, err = skel.execute(lambda: registry.load(plugin)(), full, payload)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cnitest  # noqa: E402
-from cni import link  # noqa: E402
+from cni.net import link  # noqa: E402
 
 
 def strip_header(data: bytes) -> bytes:

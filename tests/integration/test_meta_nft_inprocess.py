@@ -12,10 +12,11 @@ import pytest
 
 import cnitest
 import metautil as mu
-from cni import link, netfilter
+from cni import netfilter
+from cni.net import link
 from cni.netfilter import nft
-from cni.plugins import firewall, portmap
-from cni.spec import CNIError
+from cni.plugins.meta import firewall, portmap
+from cni.protocol.spec import CNIError
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ NLM_F_CREATE = 0x400
 def capture_sends(monkeypatch):
     """Record every netlink request the engine sends, on both of its sockets (link.Rtnl and
     pyroute2's IPRoute); returns the list the raw requests are appended to."""
-    from cni import link
+    from cni.net import link
     from pyroute2.netlink.core import AsyncCoreSocket
 
     sent = []

@@ -33,7 +33,7 @@ GO = "/usr/lib/cni"
 AGENT = """
 import sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from cni import agent
+from cni.node import agent
 log = open(sys.argv[3], "a", buffering=1)
 run, handle = agent.run, agent.handle
 def timed_run(name, env, stdin):
@@ -101,7 +101,7 @@ def main() -> int:
     if os.environ.get("CNIKIT_SANDBOX") != "1":
         raise SystemExit("run it inside tools/sandbox.sh")
     sys.path.insert(0, LIB)
-    from cni.main import write_executables  # noqa: PLC0415
+    from cni.node.main import write_executables  # noqa: PLC0415
 
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)

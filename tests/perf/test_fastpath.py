@@ -33,9 +33,11 @@ import pytest
 import cnitest
 
 sys.path.insert(0, cnitest.LIB)
-from cni import agent as agent_mod  # noqa: E402
-from cni import main as cni_main  # noqa: E402
-from cni import runtime, shim, skel  # noqa: E402
+from cni.node import agent as agent_mod  # noqa: E402
+from cni.node import main as cni_main  # noqa: E402
+from cni import runtime  # noqa: E402
+from cni.node import relay as shim  # noqa: E402
+from cni.protocol import skel  # noqa: E402
 
 PY = os.path.join(cnitest.ROOT, ".venv", "bin", "python3")
 NO_PYTHON = "/nonexistent/python3"
@@ -53,7 +55,7 @@ class Agent:
     def __init__(self, sock: str, env: dict | None = None) -> None:
         self.sock = sock
         self.proc = subprocess.Popen([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                                      "from cni.main import main; sys.exit(main(sys.argv[2:]))",
+                                      "from cni.node.main import main; sys.exit(main(sys.argv[2:]))",
                                       cnitest.LIB, "cnikit", "agent", "--socket", sock],
                                      env=dict(os.environ, **(env or {})), stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30

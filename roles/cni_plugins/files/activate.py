@@ -20,7 +20,8 @@ import tempfile
 libdir, python, dest, names, exclude = sys.argv[1:6]
 check = "--check" in sys.argv[6:]
 sys.path.insert(0, libdir)
-from cni import main, registry  # noqa: E402
+from cni.node import main  # noqa: E402
+from cni.protocol import registry  # noqa: E402
 
 wanted = [n for n in (names.split(",") if names else registry.PLUGINS) if n and n not in exclude.split(",")]
 

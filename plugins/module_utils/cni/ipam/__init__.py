@@ -5,8 +5,8 @@ import dataclasses
 import json
 from typing import Any, Dict, Optional
 
-from .. import invoke, registry, skel, spec
-from ..spec import CNIError
+from ..protocol import invoke, registry, skel, spec
+from ..protocol.spec import CNIError
 
 
 def ipam_type(conf: Dict[str, Any]) -> str:

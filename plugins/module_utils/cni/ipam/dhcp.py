@@ -26,9 +26,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import link, skel, spec
-from ..plugins import Plugin
-from ..spec import CNIError
+from ..net import link
+from ..protocol import skel, spec
+from ..protocol.plugin import Plugin
+from ..protocol.spec import CNIError
 
 ERR = spec.ERR_INTERNAL
 LEASE_DIR = "/run/cni/dhcp"

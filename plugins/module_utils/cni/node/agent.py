@@ -27,8 +27,9 @@ import threading
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
-from . import link, registry, skel, spec
-from .spec import CNIError
+from ..net import link
+from ..protocol import registry, skel, spec
+from ..protocol.spec import CNIError
 
 DEFAULT_SOCKET = "/run/cni/cnikit.sock"
 MAX_REQUEST = 16 << 20  # a conflist with a large prevResult is a few KB; refuse anything absurd

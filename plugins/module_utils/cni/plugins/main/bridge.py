@@ -17,9 +17,11 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import faults, ipam, link, netfilter, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, gc_masquerade, prev_result
+from ... import faults, ipam, netfilter
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field, gc_masquerade, prev_result
 
 OPER_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # Go: how long the host veth may take to come up
 
@@ -364,7 +366,7 @@ def ensure_vlan_gateway(ipr: Any, br: link.Iface, vlan: int, result: Result) -> 
 
 def spoofcheck_setup(host_veth: str, mac: str, ref: str) -> None:
     """Frames entering the bridge from `host_veth` must carry the container's MAC, else dropped."""
-    from ..netfilter import nft  # noqa: PLC0415 - nft only when asked for
+    from ...netfilter import nft  # noqa: PLC0415 - nft only when asked for
 
     chain, note = f"cni-br-iface-{ref}", f'comment "macspoofchk-{ref}"'
     try:
@@ -382,7 +384,7 @@ def spoofcheck_setup(host_veth: str, mac: str, ref: str) -> None:
 
 def spoofcheck_teardown(ref: str) -> None:
     """Remove the jump (found by its comment) and both chains; whatever is already gone is fine."""
-    from ..netfilter import nft  # noqa: PLC0415
+    from ...netfilter import nft  # noqa: PLC0415
 
     chain = f"cni-br-iface-{ref}"
     lines = [f"delete rule bridge nat PREROUTING handle {rule['handle']}"

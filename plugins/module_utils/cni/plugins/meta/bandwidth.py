@@ -11,9 +11,10 @@ import contextlib
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import link, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
 
 IFB_PREFIX = "bwp"
 MAX_IFNAME = 15

@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import link, runtime, skel, spec
-from .spec import CNIError
+from .. import runtime
+from ..net import link
+from ..protocol import skel, spec
+from ..protocol.spec import CNIError
 
 NETNS_DIR = "/run/netns"
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
@@ -700,7 +702,7 @@ def ensure_portmap(network: str, container_id: str, container_ips: List[str], ma
     nothing when CHECK passes and the record equals the wanted set; else DEL (the recorded set, then
     the wanted one) and ADD. absent: DEL when CHECK passes or a record exists.
     """
-    from .plugins.portmap import Portmap  # noqa: PLC0415 - only this module needs netfilter
+    from ..plugins.meta.portmap import Portmap  # noqa: PLC0415 - only this module needs netfilter
 
     spec.validate_name(network)
     skel.validate_container_id(container_id)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import link, skel, spec
-from ..spec import CNIError
-from . import Conf, Result, conf_field
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 

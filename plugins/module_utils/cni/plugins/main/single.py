@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .. import faults, ipam, link, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from ... import faults, ipam
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
 
 
 class SingleLinkPlugin(Plugin):

@@ -13,9 +13,11 @@ import ipaddress
 import os
 from typing import Any
 
-from .. import faults, ipam, link, netfilter, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, gc_masquerade
+from ... import faults, ipam, netfilter
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field, gc_masquerade
 from .single import check_container, check_prelude
 
 

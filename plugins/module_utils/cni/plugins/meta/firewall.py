@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Dict, List, Tuple
 
-from .. import netfilter, skel, spec
-from ..netfilter import iptables as ipt
-from ..netfilter import nft
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field
+from ... import netfilter
+from ...protocol import skel, spec
+from ...netfilter import iptables as ipt
+from ...netfilter import nft
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field
 
 PRIV_CHAIN = "CNI-FORWARD"
 STAGE1, STAGE2 = "CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"

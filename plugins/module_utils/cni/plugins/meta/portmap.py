@@ -27,11 +27,13 @@ import sys
 import zlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from .. import faults, link, netfilter, skel, spec
-from ..netfilter import iptables as ipt
-from ..netfilter import nft
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from ... import faults, netfilter
+from ...net import link
+from ...protocol import skel, spec
+from ...netfilter import iptables as ipt
+from ...netfilter import nft
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_MARK_BIT = 13

@@ -14,9 +14,10 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import link, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"

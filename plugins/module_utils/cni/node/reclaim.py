@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Set, Tuple
 
-from . import skel, spec
-from .spec import CNIError
+from ..protocol import skel, spec
+from ..protocol.spec import CNIError
 
 MAX_OWNER = 4096  # a lease holds "<cid>\r\n<ifname>"; read no more than that
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
@@ -86,7 +86,7 @@ def netns_alive(path: str) -> bool:
 
 
 def _parse_entry(path: str) -> Attachment:
-    from .runtime import CACHE_KIND  # noqa: PLC0415
+    from ..runtime import CACHE_KIND  # noqa: PLC0415
 
     with open(path, "rb") as fh:
         raw = json.loads(fh.read())
@@ -137,8 +137,8 @@ def collect(cache_dir: str = "", cni_path: Sequence[str] = (), data_dirs: Sequen
             orphans: bool = False, grace: float = 60.0, dry_run: bool = False, conf_dir: str = "",
             gc_verb: bool = False) -> Report:
     """Defaults: the runtime's cache and conf dirs, host-local's default dataDir."""
-    from . import runtime  # noqa: PLC0415 - the CLI's other commands do not need it
-    from .ipam.store import DEFAULT_DATA_DIR  # noqa: PLC0415
+    from .. import runtime  # noqa: PLC0415 - the CLI's other commands do not need it
+    from ..ipam.store import DEFAULT_DATA_DIR  # noqa: PLC0415
 
     cache_dir = cache_dir or runtime.DEFAULT_CACHE_DIR
     conf_dir = conf_dir or runtime.DEFAULT_CONF_DIR
@@ -171,7 +171,7 @@ def collect(cache_dir: str = "", cni_path: Sequence[str] = (), data_dirs: Sequen
             except Exception as err:  # noqa: BLE001
                 report.errors.append(f"GC {name}: {err}")
     if orphans:
-        from .ipam.store import LINE_BREAK  # noqa: PLC0415
+        from ..ipam.store import LINE_BREAK  # noqa: PLC0415
 
         _stray_cache_files(cache_dir, grace, dry_run, report)
         for data_dir in data_dirs:
@@ -188,7 +188,7 @@ def _release_orphan(runtime: Any, rt: Any, data_dir: str, network: str, owner: b
     """DEL the orphan through its network's current config when there is one (no cache entry means
     no prevResult, so every plugin cleans up by container ID: rules go with the lease), then free
     the lease itself if that DEL did not (another dataDir in the config, no config, legacy lease)."""
-    from .ipam.store import LINE_BREAK, Store  # noqa: PLC0415
+    from ..ipam.store import LINE_BREAK, Store  # noqa: PLC0415
 
     cid, _, ifname = owner.decode("utf-8", "replace").partition(LINE_BREAK)
     try:
@@ -233,7 +233,7 @@ def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float,
                    report: Report) -> List[Tuple[str, bytes, Any]]:
     """(network, owner bytes, ip) of host-local leases no live cache entry accounts for (garbage
     or torn contents included); temp files of a killed writer are removed on the way."""
-    from .ipam.store import LINE_BREAK, Store, parse_ip  # noqa: PLC0415
+    from ..ipam.store import LINE_BREAK, Store, parse_ip  # noqa: PLC0415
 
     try:
         networks = sorted(os.listdir(data_dir))

@@ -11,8 +11,8 @@ import errno
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import spec
-from .spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 
 CLONE_NEWNET = 0x40000000
 

@@ -15,9 +15,11 @@ import ipaddress
 import os
 from typing import Any, Dict, Iterator, List, Set
 
-from .. import link, netfilter, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result
+from ... import netfilter
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result
 
 FIRST_TABLE = 100
 AF_INET, AF_INET6 = 2, 10

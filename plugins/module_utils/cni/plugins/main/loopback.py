@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from .. import link, skel, spec
-from . import Conf, Plugin, Result
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.plugin import Conf, Plugin, Result
 
 
 class Loopback(Plugin):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from .. import link, skel
-from . import Conf, Result, conf_field
+from ...net import link
+from ...protocol import skel
+from ...protocol.plugin import Conf, Result, conf_field
 from .single import SingleLinkPlugin, mode_field
 
 MODES = {"bridge": 4, "private": 1, "vepa": 2, "passthru": 8}  # MACVLAN_MODE_*; the first is the default

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from .. import ipam, link, skel
-from . import Conf, Result, conf_field
+from ... import ipam
+from ...net import link
+from ...protocol import skel
+from ...protocol.plugin import Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 

@@ -25,7 +25,7 @@ import posix
 import sys
 
 ACK_TIMEOUT = 5.0  # seconds for a live agent to take a request; it acknowledges before working
-ENGINE = "import sys; sys.path.insert(0, sys.argv[1]); from cni.main import main; sys.exit(main(sys.argv[2:]))"
+ENGINE = "import sys; sys.path.insert(0, sys.argv[1]); from cni.node.main import main; sys.exit(main(sys.argv[2:]))"
 
 
 def read_fd(fd):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from .. import ipam, link, skel
-from . import Conf, Result, conf_field, prev_result
+from ... import ipam
+from ...net import link
+from ...protocol import skel
+from ...protocol.plugin import Conf, Result, conf_field, prev_result
 from .single import SingleLinkPlugin, mode_field
 
 MODES = {"l2": 0, "l3": 1, "l3s": 2}  # IPVLAN_MODE_*; the first is the default

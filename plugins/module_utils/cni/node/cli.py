@@ -46,7 +46,8 @@ def parse_cap_args(raw: str) -> Dict[str, Any]:
 
 
 def net_command(args: argparse.Namespace, environ: Dict[str, str]) -> int:
-    from . import runtime, spec  # noqa: PLC0415 - keep `cnikit version` free of the runtime
+    from .. import runtime  # noqa: PLC0415 - keep `cnikit version` free of the runtime
+    from ..protocol import spec  # noqa: PLC0415 - keep `cnikit version` free of the runtime
 
     conf_dir = environ.get("NETCONFPATH") or runtime.DEFAULT_CONF_DIR
     rt_ = runtime.Runtime(conf_dir=conf_dir, cni_path=environ.get("CNI_PATH") or runtime.DEFAULT_CNI_PATH,
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
     agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
     sub.add_parser("version", help="print the supported CNI versions")
-    from .gc import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
+    from .reclaim import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
 
     add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
     renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
@@ -107,7 +108,7 @@ def main(argv: List[str]) -> int:
     if args.cmd == "install-plugins":
         from .main import write_executables  # noqa: PLC0415
 
-        libdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        libdir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         for path in write_executables(args.dest, args.python, libdir, socket=args.agent_socket, cc=args.cc):
             print(path)
         return 0
@@ -116,7 +117,7 @@ def main(argv: List[str]) -> int:
 
         return agent.serve(args.socket or agent.DEFAULT_SOCKET)
     if args.cmd == "version":
-        from . import spec  # noqa: PLC0415
+        from ..protocol import spec  # noqa: PLC0415
 
         print(spec.dumps(spec.version_info()))
         return 0
@@ -124,7 +125,7 @@ def main(argv: List[str]) -> int:
         if args.cmd == "gc":
             return args.func(args)
         if args.cmd == "dhcp-renew":
-            from .ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
+            from ..ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
 
             return dhcp.renew_main(args.once, args.interval)
         return net_command(args, dict(os.environ))

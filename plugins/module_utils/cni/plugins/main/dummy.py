@@ -5,8 +5,10 @@ RTM_NEWLINK it sends) and for failing cleanly here, never on a live dummy link.
 """
 from __future__ import annotations
 
-from .. import ipam, link, skel
-from . import Conf, Result
+from ... import ipam
+from ...net import link
+from ...protocol import skel
+from ...protocol.plugin import Conf, Result
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 

@@ -5,7 +5,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from . import registry, skel
+from ..protocol import registry, skel
 
 
 def plugin_main(name: str) -> int:
@@ -36,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 LAUNCHER = """#!{python} -I
 import sys
 sys.path.insert(0, {libdir!r})
-from cni.main import main
+from cni.node.main import main
 sys.exit(main())
 """
 
@@ -54,7 +54,7 @@ in_process() {{ exec {python} -I -c {engine} {libdir} "$0"; }}
 in_process
 """
 # The same relay compiled (shim.c): no interpreter start at all on the agent path (~0.5 ms).
-SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.c")
+SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.c")
 
 
 def default_shim_python(python: str) -> str:
@@ -101,7 +101,7 @@ def write_executables(dest: str, python: str, libdir: str, names: Optional[List[
     launchers running shim.py."""
     import shlex  # noqa: PLC0415 - only when installing
 
-    from . import agent, shim  # noqa: PLC0415
+    from . import agent, relay as shim  # noqa: PLC0415
 
     version = skel.execute(lambda: None, {"CNI_COMMAND": "VERSION"}, b"")[1]
     socket = socket or agent.DEFAULT_SOCKET

@@ -16,9 +16,11 @@ import glob
 import os
 from typing import Any, Dict, Optional
 
-from .. import ipam, link, skel, spec
-from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field
+from ... import ipam
+from ...net import link
+from ...protocol import skel, spec
+from ...protocol.spec import CNIError
+from ...protocol.plugin import Conf, Plugin, Result, conf_field
 from .single import check_container, check_prelude
 
 SYS_BUS_PCI = "/sys/bus/pci/devices"

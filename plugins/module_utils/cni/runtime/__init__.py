@@ -21,8 +21,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import faults, invoke, registry, skel, spec
-from .spec import CNIError
+from .. import faults
+from ..protocol import invoke, registry, skel, spec
+from ..protocol.spec import CNIError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ CACHE_KIND = "cniCacheV1"
 # A script on CNI_PATH whose head names our engine is one of our launchers (main.write_executables):
 # run it in-process. So is our compiled shim, an ELF binary with this mark in a note section near its
 # start (shim.c). Other ELF binaries (the Go plugins) and other scripts are exec'd.
-_LAUNCHER_MARKS = (b"cni.main", b"cnikit")
+_LAUNCHER_MARKS = (b"cni.node.main", b"cnikit")
 _ELF_MARK = b"cnikit.launcher"
 
 Result = Dict[str, Any]
