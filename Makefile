@@ -24,7 +24,7 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# Write every CNI executable (bridge, macvlan, host-local, ...) into $(DEST): the compiled shim built
+# Write every CNI executable (bridge, macvlan, host-local, ...) into $(DEST): the compiled exec relay built
 # with $(CC) (make's default: cc), or with `make plugins CC=` the dash + Python launchers.
 plugins: venv
 	$(PY) -c 'import sys; sys.path.insert(0, "$(ROOT)/plugins/module_utils"); from cni.node.main import main; sys.exit(main(["cnikit", "install-plugins", "$(DEST)", "--python", "$(PY)", "--cc", "$(CC)"]))'

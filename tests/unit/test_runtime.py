@@ -15,7 +15,7 @@ import pytest
 import cnitest
 from cni import runtime
 from cni.protocol import registry, spec
-from cni.node.main import write_executables
+from cni.node.installer import write_executables
 from cni.protocol.spec import CNIError
 
 RECORDER = r"""#!/usr/bin/python3 -IS

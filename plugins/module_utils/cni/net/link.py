@@ -1,288 +1,28 @@
-"""Netlink and namespace primitives shared by every plugin, on pyroute2.
+"""Links: read, create, configure, move, delete-and-wait (Go pkg/ip link helpers, ipam.ConfigureIface).
 
-pyroute2 is imported lazily (its import is the single biggest cost of a plugin exec), and a
-netlink socket for a namespace is opened by entering that namespace in the calling thread
-(setns, as the Go `ns.Do` does) rather than pyroute2's fork-a-helper path.
-"""
+Every function below works on a socket `ipr` (an Rtnl, or a pyroute2 IPRoute) the caller opened
+in the right netns, and writes sysctls in the calling thread's netns: a plugin wraps
+container-side work in `with in_netns(ctx.netns): ipr = rtnl()`, the Python counterpart of Go's
+`netns.Do`."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..protocol import spec
 from ..protocol.spec import CNIError
+from .addr import add_address, add_route, is_global_unicast, link_addresses, settle_addresses
+from .ns import NetnsNotFound, in_netns
+from .rtnl import Rtnl, errstr, fail, is_enodev, json_quote, netlink_error_code
+from .sysctl import sysctl_get, sysctl_set, sysctl_try_set
 
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, CLONE_NEWNET)
-        return
-    import ctypes  # noqa: PLC0415 - only on interpreters without os.setns
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def open_netns(path: str) -> int:
-    """Open a netns path (a /run/netns bind mount or /proc/<pid>/ns/net) read-only."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise NetnsNotFound(path, exc) from None
-
-
-class NetnsNotFound(CNIError):
-    def __init__(self, path: str, exc: OSError) -> None:
-        super().__init__(spec.ERR_INTERNAL, f"failed to open netns {path!r}: {exc.strerror}")
-        self.path = path
-        self.errno = exc.errno
-
-
-@contextlib.contextmanager
-def in_netns(path: Optional[str]) -> Iterator[None]:
-    """Run the block with this thread in the netns at `path` (None: stay where we are)."""
-    if not path:
-        yield
-        return
-    target = open_netns(path)
-    origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            _setns(target)
-        except OSError as exc:  # it opens but is no netns (a leftover file after a reboot, a dir)
-            raise NetnsNotFound(path, exc) from None
-        try:
-            yield
-        finally:
-            _setns(origin)
-    finally:
-        os.close(target)
-        os.close(origin)
-
-
-def skip_pyroute2_init() -> None:
-    """Let `pyroute2.<sub>` imports skip the package `__init__`, which only re-exports ~50
-    submodules (conntrack, ndb, ipset, nl80211, plan9, ...): ~80 ms of CPU per exec here, 372 ->
-    296 modules (docs/performance.md). A bare package module with the real `__path__` goes in
-    first; a process that already imported pyroute2 is left as it is."""
-    import sys  # noqa: PLC0415
-
-    if "pyroute2" in sys.modules:
-        return
-    import importlib.machinery  # noqa: PLC0415
-    import importlib.util  # noqa: PLC0415
-
-    found = importlib.util.find_spec("pyroute2")  # a top-level find_spec runs no code
-    if found is None or not found.submodule_search_locations:
-        return
-    pkg = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("pyroute2", None, is_package=True))
-    pkg.__path__ = list(found.submodule_search_locations)
-    sys.modules["pyroute2"] = pkg
-
-
-def iproute(netns: Optional[str] = None) -> Any:
-    """An IPRoute socket bound to `netns` (a path) or to the current netns."""
-    skip_pyroute2_init()
-    from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415 - lazy on purpose
-
-    with in_netns(netns):
-        return IPRoute()
-
-
-# rtnetlink request kinds as pyroute2's RTNL_API maps them (message type, NetlinkRequest flag set)
-_RTNL_COMMANDS: Dict[str, Dict[str, Tuple[int, str]]] = {
-    "link": {"add": (16, "create"), "set": (16, "req"), "del": (17, "req"), "get": (18, "get"),
-             "dump": (18, "dump")},
-    "addr": {"add": (20, "create"), "del": (21, "req"), "dump": (22, "dump")},
-    "route": {"add": (24, "create"), "append": (24, "append"), "del": (25, "req"), "dump": (26, "dump")},
-    "vlan_filter": {"add": (19, "req")},  # RTM_SETLINK
-}
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-
-
-class Rtnl:
-    """An rtnetlink socket in the netns it was opened in, with the subset of pyroute2's IPRoute
-    API the link plugins use (link, addr, route, get_addr, get_routes, brport, vlan_filter).
-
-    pyroute2 still builds every request (its request filters and NetlinkRequest) and parses every
-    reply (MarshalRtnl); this class only sends and receives on a plain blocking socket. pyroute2
-    0.9's IPRoute runs an asyncio round per request and sets up an event loop per socket: ~0.2 ms
-    per request and ~0.3 ms per socket here. IPRoute (`iproute()`) stays for everything else (tc,
-    rules, full dumps). The pyroute2 internals used here are pinned by tests/integration/
-    test_link_rtnl.py: each request must be the same bytes IPRoute sends."""
-
-    def __init__(self, groups: int = 0) -> None:
-        import socket  # noqa: PLC0415
-
-        skip_pyroute2_init()
-        from pyroute2.netlink.rtnl.marshal import MarshalRtnl  # noqa: PLC0415 - lazy on purpose
-
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)  # NETLINK_ROUTE
-        self.sock.bind((0, groups))  # groups: multicast notifications to receive (RTMGRP_*)
-        self.marshal = MarshalRtnl()
-        # what pyroute2's NetlinkRequest reads from its socket
-        self.status = {"nlm_echo": False, "strict_check": False}
-        self.epid = 0
-        self.addr_pool = self
-        self._seq = 0
-
-    def alloc(self) -> int:
-        """The next sequence number (NetlinkRequest takes it from `addr_pool`)."""
-        self._seq += 1
-        return self._seq
-
-    def free(self, *_args: Any, **_kwargs: Any) -> None:
-        """Sequence numbers are not reused: nothing to free."""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "Rtnl":
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        self.close()
-
-    def request(self, mode: str, command: str, kwarg: Dict[str, Any]) -> List[Any]:
-        """One request built by pyroute2's filters for `mode`; its data replies (a dump: the
-        matching ones; a change: none, where IPRoute returns the bare ACK). A kernel refusal raises
-        pyroute2's NetlinkError, as IPRoute does."""
-        from pyroute2.iproute.linux import get_arguments_processor, get_dump_filter  # noqa: PLC0415
-        from pyroute2.netlink.nlsocket import NetlinkRequest  # noqa: PLC0415
-        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: PLC0415
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: PLC0415
-        from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: PLC0415
-
-        msg = {"addr": ifaddrmsg, "route": rtmsg}.get(mode, ifinfmsg)()
-        parameters = {"strict_check": False} if mode == "route" else None  # what pyroute2's route() passes
-        dump_filter, kwarg = get_dump_filter(mode, command, kwarg, parameters)
-        arguments = get_arguments_processor(mode, command, kwarg, parameters)
-        req = NetlinkRequest(self, msg, command, _RTNL_COMMANDS[mode], dump_filter, arguments)
-        req.msg.encode()
-        self.send(req.msg.data)
-        dump = command == "dump"
-        out = []
-        while True:
-            for reply in self.marshal.parse(self.sock.recv(65536)):
-                if reply["header"]["sequence_number"] != req.msg_seq:
-                    continue  # a late ACK of an earlier request
-                if reply["header"]["error"] is not None:
-                    raise reply["header"]["error"]
-                kind = reply["header"]["type"]
-                if kind == NLMSG_DONE or (kind == NLMSG_ERROR and not dump):
-                    return out  # the end of a dump, or the ACK every non-dump request asks for
-                if kind != NLMSG_ERROR and (req.dump_filter is None
-                                            or req.match_one_message(req.dump_filter, reply)):
-                    out.append(reply)
-
-    def send(self, data: bytes) -> None:
-        """The one place a request leaves (the netlink-level tests capture it here)."""
-        self.sock.send(data)
-
-    def link(self, command: str, **kwarg: Any) -> List[Any]:
-        return self.request("link", command, kwarg)
-
-    def addr(self, command: str, **kwarg: Any) -> List[Any]:
-        return self.request("addr", command, kwarg)
-
-    def route(self, command: str, **kwarg: Any) -> List[Any]:
-        if command in ("add", "append"):  # pyroute2's defaults for a new route
-            kwarg["proto"] = kwarg.get("proto", "static") or "static"
-            kwarg["type"] = kwarg.get("type", "unicast") or "unicast"
-        return self.request("route", command, kwarg)
-
-    def get_addr(self, family: int = 0, **match: Any) -> List[Any]:
-        return self.addr("dump", family=family, match=match)
-
-    def get_routes(self, family: int = 255, **match: Any) -> List[Any]:
-        return self.route("dump", family=family, match=match)
-
-    def brport(self, command: str, index: int, **kwarg: Any) -> List[Any]:
-        """Bridge-port settings (only "set"): a link request of kind bridge_slave, as in pyroute2."""
-        return self.link(command, index=index, kind="bridge_slave", **kwarg)
-
-    def vlan_filter(self, command: str, **kwarg: Any) -> List[Any]:
-        return self.request("vlan_filter", command, dict(kwarg, family=7))  # AF_BRIDGE
-
-
-def rtnl(netns: Optional[str] = None) -> Rtnl:
-    """An Rtnl socket bound to `netns` (a path) or to the current netns."""
-    with in_netns(netns):
-        return Rtnl()
-
-
-def netlink_error_code(exc: BaseException) -> Optional[int]:
-    return getattr(exc, "code", None) if type(exc).__name__ == "NetlinkError" else None
-
-
-def is_enodev(exc: BaseException) -> bool:
-    return netlink_error_code(exc) in (errno.ENODEV, errno.ENOENT)
-
-
-# --- sysctl ------------------------------------------------------------------------------
-
-def sysctl_path(key: str) -> str:
-    """Map `net.ipv4.ip_forward` or `net/ipv4/ip_forward` to /proc/sys, refusing traversal."""
-    rel = key.replace(".", "/") if "/" not in key else key
-    parts = [p for p in rel.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts) or "\0" in rel:
-        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid sysctl key {key!r}")
-    return "/proc/sys/" + "/".join(parts)
-
-
-def sysctl_get(key: str, netns: Optional[str] = None) -> str:
-    with in_netns(netns):
-        with open(sysctl_path(key), encoding="ascii") as fh:
-            return fh.read().strip()
-
-
-def sysctl_set(key: str, value: str, netns: Optional[str] = None) -> None:
-    with in_netns(netns):
-        with open(sysctl_path(key), "w", encoding="ascii") as fh:
-            fh.write(str(value))
-
-
-def sysctl_try_set(key: str, value: str, netns: Optional[str] = None) -> bool:
-    """Best-effort sysctl write (Go plugins ignore failures of arp_notify/accept_ra); True if written."""
-    try:
-        sysctl_set(key, value, netns)
-        return True
-    except OSError:
-        return False
-
-
-# --- link steps shared by the main plugins ----------------------------------------------------
-# Every function below works on a socket `ipr` (an Rtnl, or a pyroute2 IPRoute) the caller opened
-# in the right netns, and writes sysctls in the calling thread's netns: a plugin wraps
-# container-side work in `with in_netns(ctx.netns): ipr = rtnl()`, the Python counterpart of Go's
-# `netns.Do`.
 
 Iface = Dict[str, Any]  # {"name", "index", "mac", "mtu", "kind", "master", "link", "up", "alias", ...}
 
-IFA_F_DADFAILED = 0x08
-IFA_F_TENTATIVE = 0x40
+
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
-
-
-def errstr(exc: BaseException) -> str:
-    """An OS/netlink error as Go prints a syscall.Errno ("file exists", "no such device")."""
-    code = netlink_error_code(exc) or getattr(exc, "errno", None)
-    if code:
-        text = os.strerror(abs(code))
-        return text[:1].lower() + text[1:]
-    return str(exc)
-
-
-def fail(msg: str, exc: Optional[BaseException] = None) -> CNIError:
-    """A plugin-logic failure: Go returns a plain error, which the skel prints as code 999."""
-    return CNIError(spec.ERR_INTERNAL, f"{msg}: {errstr(exc)}" if exc is not None else msg)
 
 
 def random_veth_name() -> str:
@@ -334,11 +74,6 @@ def require_link(ipr: Any, name: str, what: str = "") -> Iface:
     return found
 
 
-def json_quote(text: str) -> str:
-    """Go's %q for plain strings."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def set_link(ipr: Any, index: int, **attrs: Any) -> None:
     ipr.link("set", index=index, **attrs)
 
@@ -352,32 +87,6 @@ def default_route_interface(ipr: Any) -> str:
                 if found:
                     return found["name"]
     raise fail("no default route interface found")
-
-
-def route_oif_name(dst: str) -> Optional[str]:
-    """Go getRoutableHostIF for an IPv4 address: the device of the longest-prefix main-table route
-    to `dst`, read from /proc/net/route so that portmap needs no pyroute2 import (~200 ms) for it.
-    (Policy rules are not consulted; a container subnet's route is a plain main-table route.)"""
-    import ipaddress  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
-    target = int(ipaddress.IPv4Address(dst))
-    best: Optional[Tuple[int, int, str]] = None  # (prefix length, -metric, device)
-    try:
-        with open("/proc/net/route", encoding="ascii") as fh:
-            next(fh, None)
-            for row in fh:
-                cols = row.split()
-                if len(cols) < 8 or not int(cols[3], 16) & 0x1:  # RTF_UP
-                    continue
-                # the kernel prints the network-order words as host integers
-                net, mask = socket.ntohl(int(cols[1], 16)), socket.ntohl(int(cols[7], 16))
-                if target & mask == net & mask:
-                    cand = (bin(mask).count("1"), -int(cols[6]), cols[0])
-                    best = cand if best is None or cand[:2] > best[:2] else best
-    except OSError:
-        return None
-    return best[2] if best else None
 
 
 def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Optional[str] = None) -> Tuple[Iface, Iface]:
@@ -435,20 +144,11 @@ def create_in_netns(ipr: Any, netns_fd: int, netns: str, ifname: str, kind: str,
     return dict(made, name=ifname)  # a rename changes nothing else: no second lookup
 
 
-def link_addresses(ipr: Any, index: int, family: int = 0) -> List[str]:
-    """The addresses of a link as "ip/prefix" strings (IFA_LOCAL first: it is ours on a ptp link)."""
-    out = []
-    for msg in ipr.get_addr(index=index, **({"family": family} if family else {})):
-        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        out.append(f"{addr}/{msg['prefixlen']}")
-    return out
-
-
 RTMGRP_LINK = 1
 RTM_DELLINK = 17
 
 
-def remove_link(name: str) -> None:
+def del_link_and_wait(name: str) -> None:
     """RTM_DELLINK of `name` in this thread's netns, returning once the kernel has announced the
     link deleted (its RTM_DELLINK notification), not when the request's ACK comes back.
 
@@ -514,7 +214,7 @@ def delete_link(ipr: Any, name: str, addrs: bool = True) -> Optional[List[str]]:
             return None
         kept = [a for a in link_addresses(ipr, found["index"]) if is_global_unicast(ipaddress.ip_interface(a).ip)]
     try:
-        remove_link(name)
+        del_link_and_wait(name)
     except Exception as exc:  # noqa: BLE001
         if is_enodev(exc):
             return None
@@ -533,26 +233,6 @@ def delete_link_in_netns(netns: str, name: str, addrs: bool = True) -> Optional[
                 return delete_link(ipr, name, addrs)
     except NetnsNotFound:
         return None
-
-
-def is_global_unicast(ip: Any) -> bool:
-    """Go net.IP.IsGlobalUnicast (private ranges count; link-local, loopback, multicast do not)."""
-    return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local
-                or str(ip) == "255.255.255.255")
-
-
-def settle_addresses(ipr: Any, index: int, timeout: float = 10.0) -> None:
-    """Go ip.SettleAddresses: wait until no IPv6 address is tentative (DAD), ignoring a timeout."""
-    import time  # noqa: PLC0415
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        flags = [m.get_attr("IFA_FLAGS") or m["flags"] for m in ipr.get_addr(index=index, family=10)]
-        if any(f & IFA_F_DADFAILED for f in flags):
-            return
-        if not any(f & IFA_F_TENTATIVE for f in flags):
-            return
-        time.sleep(0.05)
 
 
 def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any], found: Optional[Iface] = None) -> None:
@@ -608,87 +288,6 @@ def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any], found: Option
             raise fail(f"failed to add route '{dst} via {gw} dev {ifname}'", exc) from None
 
 
-def add_address(ipr: Any, index: int, cidr: str) -> None:
-    """One address; IPv4 gets the subnet broadcast as Go's netlink.AddrAdd computes it."""
-    import ipaddress  # noqa: PLC0415
-
-    iface = ipaddress.ip_interface(cidr)
-    extra: Dict[str, Any] = {}
-    if iface.version == 4 and iface.network.prefixlen < 31:
-        extra["broadcast"] = str(iface.network.broadcast_address)
-    ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
-
-
-def add_route(ipr: Any, dst: str, gw: Optional[str], oif: int, scope: Optional[int] = None,
-              append: bool = False, **attrs: Any) -> None:
-    """One route; `append` is Go's RouteAddEcmp (NLM_F_APPEND), otherwise NLM_F_EXCL."""
-    import ipaddress  # noqa: PLC0415
-
-    net = ipaddress.ip_network(dst, strict=False)
-    # proto boot (3) like Go's netlink.RouteAdd, not pyroute2's default "static"
-    kw: Dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif,
-                          "family": 10 if net.version == 6 else 2, "proto": 3, **attrs}
-    if gw:
-        kw["gateway"] = gw
-    if scope is not None:
-        kw["scope"] = scope
-    ipr.route("append" if append else "add", **kw)
-
-
-# --- CHECK helpers (Go ip.ValidateExpectedInterfaceIPs / ValidateExpectedRoute) -----------------
-
-def _main_routes(ipr: Any, family: int) -> List[Tuple[str, Optional[str]]]:
-    out = []
-    for r in ipr.get_routes(family=family, table=254):
-        dst = r.get_attr("RTA_DST")
-        out.append((f"{dst}/{r['dst_len']}" if dst else None, r.get_attr("RTA_GATEWAY")))
-    return out
-
-
-def check_interface_ips(ipr: Any, ifname: str, ips: List[Dict[str, Any]]) -> None:
-    """Every result IP is on `ifname`, and a main-table route to its subnet exists."""
-    import ipaddress  # noqa: PLC0415
-
-    for ipc in ips:
-        found = get_link(ipr, ifname)
-        if found is None:
-            raise fail(f"Cannot find container link {ifname}")
-        want = ipaddress.ip_interface(ipc["address"])
-        have = {ipaddress.ip_interface(a) for a in link_addresses(ipr, found["index"])}
-        if want not in have:
-            raise fail(f"Failed to match addr {want} on interface {ifname}")
-        routes = _main_routes(ipr, 10 if want.version == 6 else 2)
-        if not any(dst is not None and ipaddress.ip_network(dst) == want.network for dst, _ in routes):
-            raise fail(f"Failed to find Gateway {ipc.get('gateway') or '<nil>'} for interface {ifname}")
-
-
-def check_routes(ipr: Any, routes: List[Dict[str, Any]]) -> None:
-    """Every result route is in the main table (dst, and gw unless it is a default route)."""
-    import ipaddress  # noqa: PLC0415
-
-    for route in routes:
-        net = ipaddress.ip_network(route["dst"], strict=False)
-        want_gw = route.get("gw")
-        found = False
-        for dst, gw in _main_routes(ipr, 10 if net.version == 6 else 2):
-            if net.prefixlen == 0:
-                found = dst is None or ipaddress.ip_network(dst).prefixlen == 0
-            else:
-                found = dst is not None and ipaddress.ip_network(dst) == net and (
-                    (gw is None and not want_gw) or (gw is not None and want_gw is not None
-                                                     and ipaddress.ip_address(gw) == ipaddress.ip_address(want_gw)))
-            if found:
-                break
-        if not found:
-            raise fail(f"Expected Route {go_route(net, want_gw)} not found in routing table")
-
-
-def go_route(net: Any, gw: Optional[str]) -> str:
-    """A types.Route as Go's %v prints it: {Dst:{IP:10.0.0.0 Mask:ffffff00} GW:<nil>}."""
-    mask = net.netmask.packed.hex()
-    return f"{{Dst:{{IP:{net.network_address} Mask:{mask}}} GW:{gw or '<nil>'}}}"
-
-
 def move_link(ipr: Any, index: int, netns_fd: int, new_name: Optional[str] = None) -> None:
     """Move a link into the netns open at `netns_fd` (down first: the kernel keeps flags)."""
     set_link(ipr, index, state="down")
@@ -696,11 +295,6 @@ def move_link(ipr: Any, index: int, netns_fd: int, new_name: Optional[str] = Non
     if new_name:
         attrs["ifname"] = new_name
     set_link(ipr, index, **attrs)
-
-
-def current_netns_fd() -> int:
-    """An fd of the calling thread's netns (caller closes it): Go's `ns.GetCurrentNS()`."""
-    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def mac_arg(text: str, code: int = spec.ERR_INTERNAL) -> Optional[str]:
@@ -727,17 +321,6 @@ def parse_mac(text: str) -> str:
     if not hexes:
         raise ValueError(f"address {text}: invalid MAC address")
     return ":".join(h.lower() for h in hexes)
-
-
-def enable_forward(family: int) -> None:
-    """Go ip.EnableIP4Forward / EnableIP6Forward in the calling thread's netns (written only when
-    not already 1)."""
-    key = "net/ipv4/ip_forward" if family == 4 else "net/ipv6/conf/all/forwarding"
-    try:
-        if sysctl_get(key) != "1":
-            sysctl_set(key, "1")
-    except OSError as exc:
-        raise fail("failed to enable forwarding", exc) from None
 
 
 # tun/tap ioctls (linux/if_tun.h); the device is made in the calling thread's netns

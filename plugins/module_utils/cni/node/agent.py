@@ -1,19 +1,19 @@
 """The per-node agent: the engine and pyroute2 kept warm in one process, serving the CNI executables.
 
-Each executable is a shim (shim.c compiled, or shim.py) that sends argv[0] + environment + stdin
+Each executable is the exec relay (relay.c compiled, or relay.py) that sends argv[0] + environment + stdin
 over a unix socket; the agent runs exactly what the in-process executable runs (`skel.execute` on
 the registry's plugin) and sends back exit code + stdout + stderr.
 
 It holds no state of its own: every lease, result and rule lives on disk or in the kernel under the
-same locks the in-process path takes, so killing it loses nothing, and the shims fall back to
-in-process execution while it is away. One request per thread at a time: `link.in_netns` enters a
+same locks the in-process path takes, so killing it loses nothing, and the relays fall back to
+in-process execution while it is away. One request per thread at a time: `ns.in_netns` enters a
 netns in the calling thread only, so requests are independent; host-local's flock is per open file,
 so it serialises threads as it does processes. The threads are long-lived workers (`Workers`): a
 request is handed to an idle one instead of a thread started for it.
 
 Wire format: request `CNIKIT/1 <len name> <len env> <len stdin>\\n` + name + env (K=V joined by NUL)
 + stdin; the agent answers `+` as soon as it holds the whole request (before doing anything, so a
-shim that gets no `+` knows nothing was done), then `<rc> <len stdout> <len stderr>\\n` + both.
+relay that gets no `+` knows nothing was done), then `<rc> <len stdout> <len stderr>\\n` + both.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
-from ..net import link
+from ..net import ns, rtnl
 from ..protocol import registry, skel, spec
 from ..protocol.spec import CNIError
 
@@ -103,7 +103,7 @@ def handle(conn: socket.socket) -> None:
         reply = encode_reply(*run(name, env, stdin))
         try:
             conn.sendall(reply)
-        except OSError as exc:  # the shim went away (killed by its runtime): the work stands
+        except OSError as exc:  # the relay went away (killed by its runtime): the work stands
             log(f"could not reply to {name} {env.get('CNI_COMMAND', '')}: {exc}")
 
 
@@ -160,7 +160,7 @@ def warm() -> List[str]:
             registry.load(name)
         except Exception as exc:  # noqa: BLE001 - a missing plugin must not stop the others
             broken.append(f"{name}: {type(exc).__name__}: {exc}")
-    link.iproute().close()
+    rtnl.iproute().close()
     return broken
 
 

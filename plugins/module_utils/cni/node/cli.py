@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "install-plugins":
-        from .main import write_executables  # noqa: PLC0415
+        from .installer import write_executables  # noqa: PLC0415
 
         libdir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         for path in write_executables(args.dest, args.python, libdir, socket=args.agent_socket, cc=args.cc):

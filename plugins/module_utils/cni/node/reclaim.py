@@ -29,12 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Set, Tuple
 
+from ..net import ns
 from ..protocol import skel, spec
 from ..protocol.spec import CNIError
 
 MAX_OWNER = 4096  # a lease holds "<cid>\r\n<ifname>"; read no more than that
-NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
-CLONE_NEWNET = 0x40000000
 # atomic writers (the store, the runtime cache) write `<name>.tmp<pid>` and rename it into place
 TEMP_RE = re.compile(r"\.tmp\d+$")
 
@@ -68,21 +67,6 @@ class Report:
 
     def to_dict(self) -> Dict[str, List[str]]:
         return dict(self.__dict__)
-
-
-def netns_alive(path: str) -> bool:
-    """True if `path` opens as a network namespace (a /run/netns bind mount or /proc/<pid>/ns/net)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        # an nsfs inode answers NS_GET_NSTYPE; a plain file left behind (ENOTTY) is no namespace
-        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _parse_entry(path: str) -> Attachment:
@@ -151,7 +135,7 @@ def collect(cache_dir: str = "", cni_path: Sequence[str] = (), data_dirs: Sequen
     nets: Dict[str, bytes] = {}  # network -> a config it ran with, for the GC verb
     for att in atts:
         nets.setdefault(att.network, att.config)
-        if not att.netns or netns_alive(att.netns):
+        if not att.netns or ns.is_netns(att.netns):
             live.add(att.key)
             report.kept.append(_label(att))
             continue

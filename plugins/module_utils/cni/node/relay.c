@@ -1,19 +1,19 @@
-/* The compiled CNI executable: shim.py's relay, without an interpreter to start.
+/* The compiled CNI executable: relay.py, without an interpreter to start.
  *
- * Built by `cnikit install-plugins` (main.write_executables) with `cc -O2` when a C compiler is
+ * Built by `cnikit install-plugins` (installer.write_executables) with `cc -O2` when a C compiler is
  * there; one binary, hard-linked under every plugin name (argv[0]'s basename names the plugin).
- * Without a compiler the dash launcher + shim.py do the same job. This program only relays
+ * Without a compiler the dash launcher + relay.py do the same job. This program only relays
  * bytes: every CNI decision stays in the Python engine, which it reaches in one of two ways:
  *   - the node agent's socket: `CNIKIT/1 <len name> <len env> <len stdin>\n` + name + environment
  *     (K=V joined by NUL) + stdin; the agent answers `+` once it holds the request, then
  *     `<rc> <len stdout> <len stderr>\n` + both (agent.py);
  *   - the engine in-process: exec the engine interpreter, with a memfd copy of stdin.
- * Fallbacks, as in shim.py: no socket, refused, or no `+` within ACK_TIMEOUT -> in-process;
+ * Fallbacks, as in relay.py: no socket, refused, or no `+` within ACK_TIMEOUT -> in-process;
  * `+` then the connection drops -> for ADD a DEL in-process first (output discarded), then replay.
  * VERSION is answered from a reply baked in at build time (byte for byte what the engine prints).
  *
  * Baked in with -D, as C string literals: CNIKIT_VERSION_REPLY, CNIKIT_SOCKET, CNIKIT_PYTHON,
- * CNIKIT_LIBDIR, CNIKIT_ENGINE (the `-c` program that runs cni.main).
+ * CNIKIT_LIBDIR, CNIKIT_ENGINE (the `-c` program that runs cni.node.main).
  */
 #define _GNU_SOURCE
 #include <errno.h>

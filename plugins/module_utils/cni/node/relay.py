@@ -1,14 +1,14 @@
 """The thin CNI executable: hand argv[0] + environment + stdin to the node agent, print its reply.
 
-This is the fallback for nodes without a C compiler: its compiled twin, shim.c, is what
-main.write_executables installs when `cc` works. Both follow the protocol and fallback rules below
+This is the fallback for nodes without a C compiler: its compiled twin, relay.c, is what
+installer.write_executables installs when `cc` works. Both follow the protocol and fallback rules below
 (tests/perf/test_fastpath.py runs every case through both).
 
 Run as a script (never imported by the engine) by any Python 3 with `-I -S`, so it may import only
 modules built into the interpreter: `_socket`, `posix`, `sys`. That keeps a plugin exec near the
 bare interpreter start (~8 ms) instead of paying the engine + pyroute2 imports (~100+ ms).
 
-    python3 -I -S shim.py <plugin path> <agent socket> <engine python> <libdir>
+    python3 -I -S relay.py <plugin path> <agent socket> <engine python> <libdir>
 
 The agent is an accelerator, never a dependency:
   - no agent (no socket, connection refused, no acknowledgement within ACK_TIMEOUT): run the same

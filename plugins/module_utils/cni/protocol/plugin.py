@@ -1,10 +1,12 @@
-"""CNI plugins, one module and one class each (see ../registry.py for the names)."""
+"""The plugin base class and the shared config parsing every plugin (IPAM, main, meta) builds on.
+
+A leaf below IPAM and the plugins: both import it, it imports only the protocol (see registry.py
+for the type names and ../plugins/__init__.py for NetPlugin, the main/meta base)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
 from . import skel, spec
-from .. import ipam
 from .spec import CNIError
 
 Conf = Dict[str, Any]
@@ -14,7 +16,8 @@ Result = Dict[str, Any]
 class Plugin:
     """A CNI plugin: `add` returns the internal result; `check`/`delete` raise CNIError on failure.
 
-    GC and STATUS default to forwarding to the IPAM plugin, as the spec asks of main plugins.
+    GC and STATUS do nothing here (each IPAM plugin has its own); main and meta plugins derive from
+    plugins.NetPlugin, which forwards them to their IPAM plugin as the spec asks.
     """
 
     name = ""
@@ -34,25 +37,10 @@ class Plugin:
         raise CNIError(spec.ERR_INTERNAL, f"{self.name}: DEL not implemented")
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
-        self._forward_to_ipam("GC", ctx, conf)
+        """Nothing to collect by default."""
 
     def status(self, ctx: skel.Context, conf: Conf) -> None:
-        self._forward_to_ipam("STATUS", ctx, conf)
-
-    def _forward_to_ipam(self, command: str, ctx: skel.Context, conf: Conf) -> None:
-        # An IPAM plugin sees its own type under `ipam`: forwarding would call itself forever.
-        ptype = ipam.ipam_type(conf)
-        if ptype and ptype != self.name:
-            ipam.delegate(command, ctx, conf)
-
-
-def gc_masquerade(conf: Conf) -> None:
-    """GC step of the plugins with ipMasq (bridge, ptp): drop masquerade rules of gone containers."""
-    from .. import netfilter  # noqa: PLC0415 - only GC needs it
-
-    if conf_field(conf, "ipMasq", bool, False):
-        keep = {cid for cid, _ in spec.valid_attachments(conf)}
-        netfilter.gc_ipmasq(conf["name"], keep, conf_field(conf, "ipMasqBackend", str, None))
+        """Ready by default."""
 
 
 def prev_result(conf: Conf, required: bool = True) -> Optional[Result]:

@@ -31,12 +31,6 @@ DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 DEFAULT_CNI_PATH = "/opt/cni/bin"
 CACHE_KIND = "cniCacheV1"
-# A script on CNI_PATH whose head names our engine is one of our launchers (main.write_executables):
-# run it in-process. So is our compiled shim, an ELF binary with this mark in a note section near its
-# start (shim.c). Other ELF binaries (the Go plugins) and other scripts are exec'd.
-_LAUNCHER_MARKS = (b"cni.node.main", b"cnikit")
-_ELF_MARK = b"cnikit.launcher"
-
 Result = Dict[str, Any]
 
 
@@ -172,17 +166,6 @@ def list_networks(conf_dir: str) -> List[Tuple[str, str]]:
     return out
 
 
-def is_our_launcher(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
-    if head.startswith(b"\x7fELF"):
-        return _ELF_MARK in head
-    return head.startswith(b"#!") and any(mark in head for mark in _LAUNCHER_MARKS)
-
-
 def cached_netns(att: Mapping[str, Any]) -> str:
     """The netns of a cached attachment. libcni before v1.2 (podman 4.3) did not store `netns`; the
     result's container interface still names it, and without it a DEL can't find the addresses
@@ -231,14 +214,9 @@ class Runtime:
     def resolve(self, ptype: str) -> Optional[str]:
         """None to run `ptype` in-process, else the path of the foreign binary to exec."""
         try:
-            path = invoke.find_in_path(ptype, self.cni_path)
+            return invoke.resolve(ptype, self.cni_path)
         except CNIError:
-            if registry.is_builtin(ptype):
-                return None
             raise _invalid(f'failed to find plugin "{ptype}" in path {self.cni_path}') from None
-        if registry.is_builtin(ptype) and is_our_launcher(path):
-            return None
-        return path
 
     def version_info(self, ptype: str) -> List[str]:
         """Versions a plugin supports (VERSION for foreign binaries, cached per binary)."""
@@ -316,20 +294,14 @@ class Runtime:
         env = self._env(command, rt)
         path = self.resolve(ptype)
         if path is not None:
-            raw = invoke.exec_plugin(path, env, data)
-            if command != "ADD":
-                return None
-            if raw is None:
-                raise CNIError(spec.ERR_INTERNAL, f"plugin {ptype} returned no result")
-            raw.setdefault("cniVersion", net.cni_version)
-            return spec.result_from_dict(raw)
+            return invoke.exec_result(path, env, data, command, net.cni_version, f"plugin {ptype}")
         # in-process: the same steps as skel.execute, without the JSON round trip of the result
         try:
             ctx = skel.context_from_env(env)
             conf = spec.load_netconf(data)
             if command not in ("GC", "STATUS"):
                 skel.validate_attachment(ctx)
-            result = skel.call(registry.load(ptype)(), ctx, conf)
+            result = invoke.call_builtin(ptype, ctx, conf)
         except CNIError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin bug must surface as a CNI error, like an exec'd one

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import runtime
-from ..net import link
+from ..net import addr, link, ns, rtnl
 from ..protocol import skel, spec
 from ..protocol.spec import CNIError
 
 NETNS_DIR = "/run/netns"
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
-_IFF_UP = 1
 State = Dict[str, Any]
 
 
@@ -130,17 +129,12 @@ def netns_path(ref: str) -> str:
     return os.path.join(NETNS_DIR, ref)
 
 
-def netns_exists(path: str) -> bool:
-    # a live netns file is a bind mount of nsfs; a bare file is what a failed `ip netns add` leaves
-    return os.path.ismount(path)
-
-
 def require_netns(ref: Optional[str]) -> str:
     """The path of an existing netns (empty for the current one), or an actionable error."""
     if not ref:
         return ""
     path = netns_path(ref)
-    if not netns_exists(path):
+    if not ns.is_netns(path):
         raise CNIError(spec.ERR_INVALID_CONFIG,
                        f"network namespace {ref!r} not found ({path} is not a mounted netns); "
                        "create it first, e.g. with cnikit.cni.netns")
@@ -148,13 +142,13 @@ def require_netns(ref: Optional[str]) -> str:
 
 
 def _netns_view(name: str, path: str, loopback_up: Optional[bool]) -> State:
-    if not netns_exists(path):
+    if not ns.is_netns(path):
         # a bare file is what a failed `ip netns add` leaves behind
         return {"name": name, "state": "stale" if os.path.lexists(path) else "absent"}
     view: State = {"name": name, "state": "present", "path": path}
     if loopback_up is not None:
-        with link.iproute(path) as ipr:
-            view["loopback"] = "up" if ipr.link("get", index=1)[0]["flags"] & _IFF_UP else "down"
+        with rtnl.iproute(path) as ipr:
+            view["loopback"] = "up" if link.get_link(ipr, index=1)["up"] else "down"
     return view
 
 
@@ -170,9 +164,7 @@ def ensure_netns(name: str, present: bool = True, loopback_up: Optional[bool] = 
     if not present:
         if before["state"] != "absent" and not check_mode:
             if before["state"] == "present":
-                from pyroute2 import netns as pr_netns  # noqa: PLC0415 - lazy on purpose
-
-                pr_netns.remove(path)
+                ns.remove_named(path)
             else:
                 os.unlink(path)
         return Change(before["state"] != "absent", before, {"name": name, "state": "absent"})
@@ -184,49 +176,38 @@ def ensure_netns(name: str, present: bool = True, loopback_up: Optional[bool] = 
     if before["state"] != "present":
         _create_netns(path)
     if loopback_up is not None:
-        with link.iproute(path) as ipr:
+        with rtnl.iproute(path) as ipr:
             ipr.link("set", index=1, state="up" if loopback_up else "down")
     return Change(True, before, _netns_view(name, path, loopback_up))
 
 
 def _create_netns(path: str) -> None:
-    from pyroute2 import netns as pr_netns  # noqa: PLC0415 - lazy on purpose
-
     if os.path.lexists(path):
         os.unlink(path)  # stale
     os.makedirs(NETNS_DIR, exist_ok=True)
     try:
-        pr_netns.create(path)
+        ns.create_named(path)
     except Exception as exc:
-        if os.path.lexists(path) and not netns_exists(path):
+        if os.path.lexists(path) and not ns.is_netns(path):
             os.unlink(path)  # undo: leave no half-made netns behind
         raise CNIError(spec.ERR_INTERNAL, f"failed to create network namespace {path}: {exc}") from None
-    if not netns_exists(path):
+    if not ns.is_netns(path):
         raise CNIError(spec.ERR_INTERNAL, f"failed to create network namespace {path}")
 
 
 # --- reading links ----------------------------------------------------------------------
 
 
-def _info(msg: Any) -> Tuple[str, Any]:
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is None:
-        return "", None
-    return info.get_attr("IFLA_INFO_KIND") or "", info.get_attr("IFLA_INFO_DATA")
-
-
-def _find(ipr: Any, name: str) -> Optional[Any]:
-    found = ipr.link_lookup(ifname=name)
-    return ipr.link("get", index=found[0])[0] if found else None
-
+# The kernel is read through the engine's net readers (link.get_link, addr.link_addresses,
+# addr.main_routes): one reader set for the plugins and the modules.
 
 def _addresses(ipr: Any, index: int) -> List[str]:
     out = set()
-    for msg in ipr.addr("dump", index=index):
-        ip = msg.get_attr("IFA_ADDRESS")
-        if ip is None or (msg["family"] == 10 and ipaddress.ip_address(ip).is_link_local):
+    for cidr in addr.link_addresses(ipr, index):
+        iface = ipaddress.ip_interface(cidr)
+        if iface.version == 6 and iface.ip.is_link_local:
             continue  # the kernel's own fe80:: address is not the caller's to manage
-        out.add(ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}").with_prefixlen)
+        out.add(iface.with_prefixlen)
     return sorted(out)
 
 
@@ -234,12 +215,10 @@ def _routes(ipr: Any, index: int, wanted: List[Dict[str, Any]]) -> List[Dict[str
     """The wanted routes that exist through this link (main table)."""
     have = set()
     for family in {4 if ":" not in r["dst"] else 6 for r in wanted}:
-        for msg in ipr.route("dump", family=2 if family == 4 else 10, table=254):
-            if msg.get_attr("RTA_OIF") != index:
+        for dst, gw, oif, metric in addr.main_routes(ipr, 2 if family == 4 else 10):
+            if oif != index:
                 continue
-            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
-            have.add((ipaddress.ip_network(f"{dst}/{msg['dst_len']}").with_prefixlen,
-                      msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_PRIORITY")))
+            have.add((ipaddress.ip_network(dst or ("0.0.0.0/0" if family == 4 else "::/0")).with_prefixlen, gw, metric))
     out = []
     for r in wanted:
         # a route asked for without a metric matches that route at any metric
@@ -249,21 +228,22 @@ def _routes(ipr: Any, index: int, wanted: List[Dict[str, Any]]) -> List[Dict[str
     return out
 
 
-def _view(ipr: Any, msg: Any, attrs: LinkAttrs) -> State:
-    kind, data = _info(msg)
+def _view(ipr: Any, found: link.Iface, attrs: LinkAttrs) -> State:
+    kind = found["kind"] or ""
     view: State = {"name": attrs.name, "state": "present", "kind": kind or "unknown",
-                   "mtu": msg.get_attr("IFLA_MTU"), "mac": msg.get_attr("IFLA_ADDRESS"),
-                   "up": bool(msg["flags"] & _IFF_UP), "addresses": _addresses(ipr, msg["index"])}
+                   "mtu": found["mtu"], "mac": found["mac"] or None,
+                   "up": found["up"], "addresses": _addresses(ipr, found["index"])}
     if attrs.netns:
         view["netns"] = attrs.netns
-    if kind == "macvlan" and data is not None:
-        view["mode"] = data.get_attr("IFLA_MACVLAN_MODE")
-        view["master_index"] = msg.get_attr("IFLA_LINK")
+    mode = link.info_data(found, "IFLA_MACVLAN_MODE") if kind == "macvlan" else None
+    if mode is not None:
+        view["mode"] = mode
+        view["master_index"] = found["link"]
     if attrs.routes is not None:
-        view["routes"] = _routes(ipr, msg["index"], attrs.routes)
+        view["routes"] = _routes(ipr, found["index"], attrs.routes)
     if attrs.bridge is not None:
-        master = msg.get_attr("IFLA_MASTER")
-        view["bridge"] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME") if master else None
+        master = found["master"]
+        view["bridge"] = (link.get_link(ipr, index=master) or {}).get("name") if master else None
     return view
 
 
@@ -281,7 +261,7 @@ def _netlink(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
-        code = link.netlink_error_code(exc)
+        code = rtnl.netlink_error_code(exc)
         if code is None:
             raise
         raise CNIError(spec.ERR_INTERNAL, f"{what}: {os.strerror(code)}") from None
@@ -308,10 +288,10 @@ def _apply(ipr: Any, index: int, current: State, attrs: LinkAttrs) -> None:
     if attrs.mac is not None and current["mac"] != attrs.mac:
         _netlink(f"failed to set MAC {attrs.mac} on {name}", ipr.link, "set", index=index, address=attrs.mac)
     if attrs.bridge is not None and current.get("bridge") != attrs.bridge:
-        found = ipr.link_lookup(ifname=attrs.bridge)
-        if not found:
+        bridge = link.get_link(ipr, attrs.bridge)
+        if bridge is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"bridge {attrs.bridge!r} for {name} not found; create it first")
-        _netlink(f"failed to add {name} to bridge {attrs.bridge}", ipr.link, "set", index=index, master=found[0])
+        _netlink(f"failed to add {name} to bridge {attrs.bridge}", ipr.link, "set", index=index, master=bridge["index"])
     if attrs.addresses is not None:
         for addr in current["addresses"]:
             if addr not in attrs.addresses:
@@ -346,34 +326,34 @@ def _stub(attrs: LinkAttrs, kind: str) -> State:
     return view
 
 
-def _reconcile(ipr: Any, msg: Any, attrs: LinkAttrs, check_mode: bool) -> Change:
+def _reconcile(ipr: Any, msg: link.Iface, attrs: LinkAttrs, check_mode: bool) -> Change:
     """Bring an existing link to `attrs`."""
     before = _view(ipr, msg, attrs)
     after = _wanted(before, attrs)
     if after == before or check_mode:
         return Change(after != before, before, after)
     _apply(ipr, msg["index"], before, attrs)
-    return Change(True, before, _view(ipr, _find(ipr, attrs.name), attrs))
+    return Change(True, before, _view(ipr, link.get_link(ipr, attrs.name), attrs))
 
 
 def _configure_new(ipr: Any, attrs: LinkAttrs) -> State:
-    msg = _find(ipr, attrs.name)
+    msg = link.get_link(ipr, attrs.name)
     if msg is None:
         raise CNIError(spec.ERR_INTERNAL, f"{attrs.name} vanished right after it was created")
     _apply(ipr, msg["index"], _view(ipr, msg, attrs), attrs)
-    return _view(ipr, _find(ipr, attrs.name), attrs)
+    return _view(ipr, link.get_link(ipr, attrs.name), attrs)
 
 
-def _delete(ipr: Any, msg: Any, name: str) -> None:
+def _delete(ipr: Any, msg: link.Iface, name: str) -> None:
     try:
         ipr.link("del", index=msg["index"])
     except Exception as exc:
-        if not link.is_enodev(exc):  # gone meanwhile (e.g. with its veth peer): that is what we wanted
+        if not rtnl.is_enodev(exc):  # gone meanwhile (e.g. with its veth peer): that is what we wanted
             raise CNIError(spec.ERR_INTERNAL, f"failed to delete {name}: {exc}") from None
 
 
-def _refuse_foreign(msg: Any, attrs: LinkAttrs, kind: str) -> None:
-    have = _info(msg)[0] or "device without link kind"
+def _refuse_foreign(msg: link.Iface, attrs: LinkAttrs, kind: str) -> None:
+    have = msg["kind"] or "device without link kind"
     if have != kind:
         where = f" in netns {attrs.netns}" if attrs.netns else ""
         raise CNIError(spec.ERR_INVALID_CONFIG, f"{attrs.name}{where} already exists and is a {have}, not a {kind}; "
@@ -382,10 +362,10 @@ def _refuse_foreign(msg: Any, attrs: LinkAttrs, kind: str) -> None:
 
 def remove_link(attrs: LinkAttrs, check_mode: bool = False) -> Change:
     """Delete a link if it exists; a missing netns means there is nothing to delete."""
-    if attrs.path and not netns_exists(attrs.path):
+    if attrs.path and not ns.is_netns(attrs.path):
         return Change(False, _absent(attrs), _absent(attrs))
-    with link.iproute(attrs.path or None) as ipr:
-        msg = _find(ipr, attrs.name)
+    with rtnl.iproute(attrs.path or None) as ipr:
+        msg = link.get_link(ipr, attrs.name)
         if msg is None:
             return Change(False, _absent(attrs), _absent(attrs))
         before = _view(ipr, msg, attrs)
@@ -399,8 +379,8 @@ def remove_link(attrs: LinkAttrs, check_mode: bool = False) -> Change:
 def ensure_bridge(attrs: LinkAttrs, check_mode: bool = False) -> Change:
     """A Linux bridge (like `ip link add NAME type bridge`), reconciled like any link."""
     require_netns(attrs.netns)
-    with link.iproute(attrs.path or None) as ipr:
-        msg = _find(ipr, attrs.name)
+    with rtnl.iproute(attrs.path or None) as ipr:
+        msg = link.get_link(ipr, attrs.name)
         if msg is not None:
             _refuse_foreign(msg, attrs, "bridge")
             return _reconcile(ipr, msg, attrs, check_mode)
@@ -410,16 +390,15 @@ def ensure_bridge(attrs: LinkAttrs, check_mode: bool = False) -> Change:
         try:
             after = _configure_new(ipr, attrs)
         except BaseException:
-            _delete(ipr, _find(ipr, attrs.name), attrs.name)
+            _delete(ipr, link.get_link(ipr, attrs.name), attrs.name)
             raise
         return Change(True, _absent(attrs), after)
 
 
 # --- veth -------------------------------------------------------------------------------
 
-def _paired(a: Any, b: Any) -> bool:
-    return _info(a)[0] == _info(b)[0] == "veth" and \
-        a.get_attr("IFLA_LINK") == b["index"] and b.get_attr("IFLA_LINK") == a["index"]
+def _paired(a: link.Iface, b: link.Iface) -> bool:
+    return a["kind"] == b["kind"] == "veth" and a["link"] == b["index"] and b["link"] == a["index"]
 
 
 def ensure_veth(end: LinkAttrs, peer: LinkAttrs, check_mode: bool = False) -> Change:
@@ -430,8 +409,8 @@ def ensure_veth(end: LinkAttrs, peer: LinkAttrs, check_mode: bool = False) -> Ch
     """
     require_netns(end.netns)
     require_netns(peer.netns)
-    with link.iproute(end.path or None) as ipa, link.iproute(peer.path or None) as ipb:
-        ma, mb = _find(ipa, end.name), _find(ipb, peer.name)
+    with rtnl.iproute(end.path or None) as ipa, rtnl.iproute(peer.path or None) as ipb:
+        ma, mb = link.get_link(ipa, end.name), link.get_link(ipb, peer.name)
         if ma is not None and mb is not None and _paired(ma, mb):
             ca = _reconcile(ipa, ma, end, check_mode)
             cb = _reconcile(ipb, mb, peer, check_mode)
@@ -458,7 +437,7 @@ def ensure_veth(end: LinkAttrs, peer: LinkAttrs, check_mode: bool = False) -> Ch
         try:
             after = {"end": _configure_new(ipa, end), "peer": _configure_new(ipb, peer)}
         except BaseException:
-            _delete(ipa, _find(ipa, end.name), end.name)  # undo: no half-configured pair left
+            _delete(ipa, link.get_link(ipa, end.name), end.name)  # undo: no half-configured pair left
             raise
         return Change(True, before, after)
 
@@ -486,16 +465,16 @@ def ensure_macvlan(attrs: LinkAttrs, master: str, check_mode: bool = False) -> C
     require_netns(attrs.netns)
     mode = attrs.mode or "bridge"
     attrs.mode = mode
-    with link.iproute() as host:
-        mmsg = _find(host, master)
+    with rtnl.iproute() as host:
+        mmsg = link.get_link(host, master)
         if mmsg is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"master interface {master!r} not found in the host network "
                            "namespace; set master to an existing interface (ip link show)")
-        master_mtu = mmsg.get_attr("IFLA_MTU")
+        master_mtu = mmsg["mtu"]
         if attrs.mtu is not None and attrs.mtu > master_mtu:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"mtu {attrs.mtu} is larger than master {master}'s mtu {master_mtu}")
-        with link.iproute(attrs.path or None) as ipr:
-            msg = _find(ipr, attrs.name)
+        with rtnl.iproute(attrs.path or None) as ipr:
+            msg = link.get_link(ipr, attrs.name)
             if msg is not None:
                 _refuse_foreign(msg, attrs, "macvlan")
                 current = _view(ipr, msg, attrs)
@@ -510,7 +489,7 @@ def ensure_macvlan(attrs: LinkAttrs, master: str, check_mode: bool = False) -> C
             if msg is not None:
                 _delete(ipr, msg, attrs.name)
             kw: Dict[str, Any] = {"ifname": attrs.name, "kind": "macvlan", "link": mmsg["index"], "macvlan_mode": mode}
-            fd = link.open_netns(attrs.path) if attrs.path else None
+            fd = ns.open_netns(attrs.path) if attrs.path else None
             if fd is not None:
                 kw["net_ns_fd"] = fd  # created straight in the netns: no name clash with host links
             hint = " (passthru needs the master to itself: no other macvlan on it)" if mode == "passthru" else ""
@@ -522,7 +501,7 @@ def ensure_macvlan(attrs: LinkAttrs, master: str, check_mode: bool = False) -> C
             try:
                 after = _configure_new(ipr, attrs)
             except BaseException:
-                _delete(ipr, _find(ipr, attrs.name), attrs.name)
+                _delete(ipr, link.get_link(ipr, attrs.name), attrs.name)
                 raise
             return _named(Change(True, before, after), master, mmsg["index"])
 

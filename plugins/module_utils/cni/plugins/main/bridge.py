@@ -18,15 +18,16 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ... import faults, ipam, netfilter
-from ...net import link
+from ...net import addr, check, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field, gc_masquerade, prev_result
+from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from .. import NetPlugin, gc_masquerade
 
 OPER_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # Go: how long the host veth may take to come up
 
 
-class Bridge(Plugin):
+class Bridge(NetPlugin):
     name = "bridge"
 
     def load(self, ctx: skel.Context, conf: Conf) -> Dict[str, Any]:
@@ -39,7 +40,7 @@ class Bridge(Plugin):
         n["vlan"] = conf_field(conf, "vlan", int, 0)
         n["backend"] = conf_field(conf, "ipMasqBackend", str, None)
         if n["vlan"] < 0 or n["vlan"] > 4094:
-            raise link.fail(f"invalid VLAN ID {n['vlan']} (must be between 0 and 4094)")
+            raise rtnl.fail(f"invalid VLAN ID {n['vlan']} (must be between 0 and 4094)")
         n["mac"] = skel.load_args(ctx.args, {"MAC": str}).get("MAC", "")
         cni_args = (conf_field(conf, "args", dict, {}) or {}).get("cni") or {}
         runtime = conf_field(conf, "runtimeConfig", dict, {})
@@ -55,8 +56,8 @@ class Bridge(Plugin):
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(ctx, conf)
         if n["hairpinMode"] and n["promiscMode"]:
-            raise link.fail("cannot set hairpin mode and promiscuous mode at the same time.")
-        with link.rtnl() as ipr:
+            raise rtnl.fail("cannot set hairpin mode and promiscuous mode at the same time.")
+        with rtnl.rtnl() as ipr:
             br = ensure_bridge(ipr, n["bridge"], n["mtu"], n["promiscMode"], n["vlan"] != 0)
             host, cont = attach_veth(ipr, br, ctx.netns, ctx.ifname, n["mtu"], n["hairpinMode"], n["vlan"],
                                      n["mac"])
@@ -72,13 +73,13 @@ class Bridge(Plugin):
                 if ipam.ipam_type(conf):
                     br_now = self._add_l3(ctx, conf, n, ipr, cont, host, result, done)
                 else:
-                    with link.in_netns(ctx.netns):
-                        with link.rtnl() as cipr:
+                    with ns.in_netns(ctx.netns):
+                        with rtnl.rtnl() as cipr:
                             link.set_link(cipr, link.require_link(cipr, ctx.ifname)["index"], state="up")
                 if br_now is None:  # Go refetches: the MAC changes when the first port joins
                     br_now = link.get_link(ipr, n["bridge"])
                 if br_now is None or br_now["kind"] != "bridge":
-                    raise link.fail(f"could not lookup {link.json_quote(n['bridge'])}: Link not found")
+                    raise rtnl.fail(f"could not lookup {rtnl.json_quote(n['bridge'])}: Link not found")
                 result["interfaces"][0]["mac"] = br_now["mac"]
             except BaseException:
                 self._undo(ctx, conf, n, done)
@@ -95,16 +96,16 @@ class Bridge(Plugin):
         faults.point("bridge.after_ipam_add")  # crash-safety tests (faults.py)
         result["ips"], result["routes"] = got["ips"], got["routes"]
         if not result["ips"]:
-            raise link.fail("IPAM plugin returned missing IP config")
+            raise rtnl.fail("IPAM plugin returned missing IP config")
         gateways = calc_gateways(result, n["isGateway"], n["isDefaultGateway"])
-        with link.in_netns(ctx.netns):
+        with ns.in_netns(ctx.netns):
             if n["enabledad"]:
-                link.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/enhanced_dad", "1")
-                link.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/accept_dad", "1")
+                sysctl.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/enhanced_dad", "1")
+                sysctl.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/accept_dad", "1")
             else:
-                link.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/accept_dad", "0")
-            link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
-            with link.rtnl() as cipr:
+                sysctl.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/accept_dad", "0")
+            sysctl.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
+            with rtnl.rtnl() as cipr:
                 link.configure_iface(cipr, ctx.ifname, result, cont)
         wait_oper_up(ipr, host["name"])
         br = None
@@ -121,7 +122,7 @@ class Bridge(Plugin):
                                 "failed to set vlan interface for bridge with addr" if n["vlan"] else
                                 "failed to set bridge addr")
                 if gateways[family]:
-                    link.enable_forward(family)
+                    sysctl.enable_forward(family)
         if n["ipMasq"]:
             netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
                                    n["backend"])
@@ -168,12 +169,12 @@ class Bridge(Plugin):
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         n = self.load(ctx, conf)
-        os.close(link.open_netns(ctx.netns))
+        os.close(ns.open_netns(ctx.netns))
         if ipam.ipam_type(conf):
             ipam.delegate("CHECK", ctx, conf)
         result = prev_result(conf, required=False)
         if result is None:
-            raise link.fail("Required prevResult missing")
+            raise rtnl.fail("Required prevResult missing")
         br_map: Dict[str, Any] = {}
         cont_map: Dict[str, Any] = {}
         for intf in result["interfaces"]:
@@ -181,13 +182,13 @@ class Bridge(Plugin):
                 br_map = intf
             elif intf.get("name") == ctx.ifname and intf.get("sandbox") == ctx.netns:
                 cont_map = intf
-        with link.rtnl() as ipr:
+        with rtnl.rtnl() as ipr:
             br = check_bridge(ipr, br_map, n["promiscMode"])
             if ctx.netns != cont_map.get("sandbox", ""):
-                raise link.fail(f"Sandbox in prevResult {cont_map.get('sandbox', '')} doesn't match configured "
+                raise rtnl.fail(f"Sandbox in prevResult {cont_map.get('sandbox', '')} doesn't match configured "
                                 f"netns: {ctx.netns}")
-            with link.in_netns(ctx.netns):
-                with link.rtnl() as cipr:
+            with ns.in_netns(ctx.netns):
+                with rtnl.rtnl() as cipr:
                     cont = check_container_veth(cipr, cont_map)
             found_veth = False
             for intf in result["interfaces"]:
@@ -197,11 +198,11 @@ class Bridge(Plugin):
                     found_veth = True
                     break
             if not found_veth:
-                raise link.fail(f"CNI veth created for bridge {n['bridge']} was not found")
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as cipr:
-                link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-                link.check_routes(cipr, result["routes"])
+                raise rtnl.fail(f"CNI veth created for bridge {n['bridge']} was not found")
+        with ns.in_netns(ctx.netns):
+            with rtnl.rtnl() as cipr:
+                check.check_interface_ips(cipr, ctx.ifname, result["ips"])
+                check.check_routes(cipr, result["routes"])
         if n["ipMasq"] and result["ips"]:
             netfilter.check_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
                                    n["backend"])
@@ -220,19 +221,19 @@ def ensure_bridge(ipr: Any, name: str, mtu: int, promisc: bool, vlan_filtering: 
         try:
             ipr.link("add", ifname=name, kind="bridge", **attrs)
         except Exception as exc:  # noqa: BLE001
-            if link.netlink_error_code(exc) != 17:  # EEXIST: made meanwhile by a concurrent ADD
-                raise link.fail(f"failed to create bridge {link.json_quote(name)}: could not add "
-                                f"{link.json_quote(name)}", exc) from None
+            if rtnl.netlink_error_code(exc) != 17:  # EEXIST: made meanwhile by a concurrent ADD
+                raise rtnl.fail(f"failed to create bridge {rtnl.json_quote(name)}: could not add "
+                                f"{rtnl.json_quote(name)}", exc) from None
         br = link.get_link(ipr, name)
     if br is None:
-        raise link.fail(f"failed to create bridge {link.json_quote(name)}: could not lookup "
-                        f"{link.json_quote(name)}: Link not found")
+        raise rtnl.fail(f"failed to create bridge {rtnl.json_quote(name)}: could not lookup "
+                        f"{rtnl.json_quote(name)}: Link not found")
     if promisc:
         ipr.link("set", index=br["index"], flags=link.IFF_PROMISC, change=link.IFF_PROMISC)
     if br["kind"] != "bridge":
-        raise link.fail(f"failed to create bridge {link.json_quote(name)}: {link.json_quote(name)} already "
+        raise rtnl.fail(f"failed to create bridge {rtnl.json_quote(name)}: {rtnl.json_quote(name)} already "
                         "exists but is not a bridge")
-    link.sysctl_try_set(f"net/ipv6/conf/{name}/accept_ra", "0")
+    sysctl.sysctl_try_set(f"net/ipv6/conf/{name}/accept_ra", "0")
     if not br["up"]:
         link.set_link(ipr, br["index"], state="up")
     return br
@@ -247,11 +248,11 @@ def attach_veth(ipr: Any, br: link.Iface, netns: Optional[str], ifname: str, mtu
         try:
             parsed = link.parse_mac(mac)
         except ValueError as exc:
-            raise link.fail(str(exc)) from None
-    host_fd = link.current_netns_fd()
+            raise rtnl.fail(str(exc)) from None
+    host_fd = ns.current_netns_fd()
     try:
-        with link.in_netns(netns):
-            with link.rtnl() as cipr:
+        with ns.in_netns(netns):
+            with rtnl.rtnl() as cipr:
                 host, cont = link.setup_veth(cipr, ifname, host_fd, mtu, parsed)
     finally:
         os.close(host_fd)
@@ -259,18 +260,18 @@ def attach_veth(ipr: Any, br: link.Iface, netns: Optional[str], ifname: str, mtu
         try:
             link.set_link(ipr, host["index"], master=br["index"])
         except Exception as exc:  # noqa: BLE001
-            raise link.fail(f"failed to connect {link.json_quote(host['name'])} to bridge {br['name']}",
+            raise rtnl.fail(f"failed to connect {rtnl.json_quote(host['name'])} to bridge {br['name']}",
                             exc) from None
         if hairpin:  # a new bridge port starts with hairpin off: Go's "off" request changes nothing
             try:
                 ipr.brport("set", index=host["index"], mode=1)
             except Exception as exc:  # noqa: BLE001
-                raise link.fail(f"failed to setup hairpin mode for {host['name']}", exc) from None
+                raise rtnl.fail(f"failed to setup hairpin mode for {host['name']}", exc) from None
         if vlan:
             try:
                 ipr.vlan_filter("add", index=host["index"], vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
             except Exception as exc:  # noqa: BLE001
-                raise link.fail(f"failed to setup vlan tag on interface {link.json_quote(host['name'])}",
+                raise rtnl.fail(f"failed to setup vlan tag on interface {rtnl.json_quote(host['name'])}",
                                 exc) from None
     except CNIError:
         ipr.link("del", index=host["index"])  # takes the container end with it
@@ -309,11 +310,11 @@ def wait_oper_up(ipr: Any, name: str) -> None:
         time.sleep(delay / 1000)
         found = link.get_link(ipr, name)
         if found is None:
-            raise link.fail("Link not found")
+            raise rtnl.fail("Link not found")
         state = found["operstate"]
         if state == "UP":
             return
-    raise link.fail(f"bridge port in error state: {(state or 'unknown').lower()}")
+    raise rtnl.fail(f"bridge port in error state: {(state or 'unknown').lower()}")
 
 
 def ensure_addr(ipr: Any, dev: link.Iface, keep_mac: str, cidr: str, force: bool, context: str) -> None:
@@ -321,28 +322,28 @@ def ensure_addr(ipr: Any, dev: link.Iface, keep_mac: str, cidr: str, force: bool
     overlapping IPv6 one, is an error unless forceAddress (then it is replaced). The MAC is then
     pinned so that enslaving ports cannot change it."""
     want = ipaddress.ip_interface(cidr)
-    for have_text in link.link_addresses(ipr, dev["index"], 2 if want.version == 4 else 10):
+    for have_text in addr.link_addresses(ipr, dev["index"], 2 if want.version == 4 else 10):
         have = ipaddress.ip_interface(have_text)
         if have == want:
             return
         if want.version == 4 or want.ip in have.network or have.ip in want.network:
             if not force:
-                raise link.fail(f"{context}: {link.json_quote(dev['name'])} already has an IP address different "
+                raise rtnl.fail(f"{context}: {rtnl.json_quote(dev['name'])} already has an IP address different "
                                 f"from {cidr}")
             try:
                 ipr.addr("del", index=dev["index"], address=str(have.ip), prefixlen=have.network.prefixlen)
             except Exception as exc:  # noqa: BLE001
-                raise link.fail(f"{context}: could not remove IP address from {link.json_quote(dev['name'])}",
+                raise rtnl.fail(f"{context}: could not remove IP address from {rtnl.json_quote(dev['name'])}",
                                 exc) from None
     try:
-        link.add_address(ipr, dev["index"], cidr)
+        addr.add_address(ipr, dev["index"], cidr)
     except Exception as exc:  # noqa: BLE001
-        if link.netlink_error_code(exc) != 17:
-            raise link.fail(f"{context}: could not add IP address to {link.json_quote(dev['name'])}", exc) from None
+        if rtnl.netlink_error_code(exc) != 17:
+            raise rtnl.fail(f"{context}: could not add IP address to {rtnl.json_quote(dev['name'])}", exc) from None
     try:
         link.set_link(ipr, dev["index"], address=keep_mac)
     except Exception as exc:  # noqa: BLE001
-        raise link.fail(f"{context}: could not set bridge's mac", exc) from None
+        raise rtnl.fail(f"{context}: could not set bridge's mac", exc) from None
 
 
 def ensure_vlan_gateway(ipr: Any, br: link.Iface, vlan: int, result: Result) -> link.Iface:
@@ -354,8 +355,8 @@ def ensure_vlan_gateway(ipr: Any, br: link.Iface, vlan: int, result: Result) -> 
         try:
             _host, found = attach_veth(ipr, br, None, name, br["mtu"], False, vlan, "")
         except CNIError as err:
-            raise link.fail(f"failed to create vlan interface: faild to create vlan gateway "
-                            f"{link.json_quote(name)}: {err.msg}") from None
+            raise rtnl.fail(f"failed to create vlan interface: faild to create vlan gateway "
+                            f"{rtnl.json_quote(name)}: {err.msg}") from None
         link.set_link(ipr, found["index"], state="up")
     if not any(i.get("name") == name for i in result["interfaces"]):
         result["interfaces"].append({"name": name, "mac": found["mac"]})
@@ -379,7 +380,7 @@ def spoofcheck_setup(host_veth: str, mac: str, ref: str) -> None:
                  f"add rule bridge nat {chain}-mac ether saddr {mac} return {note}",
                  f"add rule bridge nat {chain}-mac drop {note}"])
     except CNIError as err:
-        raise link.fail(f"failed to setup spoof-check: {err}") from None
+        raise rtnl.fail(f"failed to setup spoof-check: {err}") from None
 
 
 def spoofcheck_teardown(ref: str) -> None:
@@ -401,25 +402,25 @@ def spoofcheck_teardown(ref: str) -> None:
 
 def _existing(ipr: Any, intf: Dict[str, Any], in_sandbox: bool) -> link.Iface:
     if not intf.get("name"):
-        raise link.fail("Interface name missing ")
+        raise rtnl.fail("Interface name missing ")
     found = link.get_link(ipr, intf["name"])
     if found is None:
-        raise link.fail(f"Interface name {intf['name']} not found")
+        raise rtnl.fail(f"Interface name {intf['name']} not found")
     if in_sandbox and not intf.get("sandbox"):
-        raise link.fail(f"Interface {intf['name']} is expected to be in a sandbox")
+        raise rtnl.fail(f"Interface {intf['name']} is expected to be in a sandbox")
     if not in_sandbox and intf.get("sandbox"):
-        raise link.fail(f"Interface {intf['name']} should not be in sandbox")
+        raise rtnl.fail(f"Interface {intf['name']} should not be in sandbox")
     return found
 
 
 def check_bridge(ipr: Any, intf: Dict[str, Any], promisc: bool) -> link.Iface:
     br = _existing(ipr, intf, False)
     if br["kind"] != "bridge":
-        raise link.fail(f"Interface {intf['name']} does not have link type of bridge")
+        raise rtnl.fail(f"Interface {intf['name']} does not have link type of bridge")
     if intf.get("mac") and intf["mac"] != br["mac"]:
-        raise link.fail(f"Bridge interface {intf['name']} Mac doesn't match: {intf['mac']}")
+        raise rtnl.fail(f"Bridge interface {intf['name']} Mac doesn't match: {intf['mac']}")
     if br["promisc"] != promisc:
-        raise link.fail(f"Bridge interface {intf['name']} configured Promisc Mode {str(promisc).lower()} doesn't "
+        raise rtnl.fail(f"Bridge interface {intf['name']} configured Promisc Mode {str(promisc).lower()} doesn't "
                         f"match current state: {str(br['promisc']).lower()} ")
     return br
 
@@ -427,9 +428,9 @@ def check_bridge(ipr: Any, intf: Dict[str, Any], promisc: bool) -> link.Iface:
 def check_container_veth(ipr: Any, intf: Dict[str, Any]) -> link.Iface:
     cont = _existing(ipr, intf, True)
     if cont["kind"] != "veth":
-        raise link.fail(f"Error: Container interface {cont['name']} not of type veth")
+        raise rtnl.fail(f"Error: Container interface {cont['name']} not of type veth")
     if intf.get("mac") and intf["mac"] != cont["mac"]:
-        raise link.fail(f"Interface {intf['name']} Mac {intf['mac']} doesn't match container Mac: {cont['mac']}")
+        raise rtnl.fail(f"Interface {intf['name']} Mac {intf['mac']} doesn't match container Mac: {cont['mac']}")
     return cont
 
 
@@ -441,5 +442,5 @@ def check_host_veth(ipr: Any, intf: Dict[str, Any], br: link.Iface, cont: link.I
     if veth["index"] != cont["link"] or cont["index"] != veth["link"] or veth["master"] != br["index"]:
         return False
     if intf.get("mac") and intf["mac"] != veth["mac"]:
-        raise link.fail(f"Interface {intf['name']} Mac doesn't match: {intf['mac']} not found")
+        raise rtnl.fail(f"Interface {intf['name']} Mac doesn't match: {intf['mac']} not found")
     return True

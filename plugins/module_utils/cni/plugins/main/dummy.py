@@ -6,7 +6,7 @@ RTM_NEWLINK it sends) and for failing cleanly here, never on a live dummy link.
 from __future__ import annotations
 
 from ... import ipam
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel
 from ...protocol.plugin import Conf, Result
 from .single import SingleLinkPlugin, check_container, check_prelude
@@ -19,13 +19,13 @@ class Dummy(SingleLinkPlugin):
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         if not ipam.ipam_type(conf):
-            raise link.fail("dummy interface requires an IPAM configuration")
-        with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+            raise rtnl.fail("dummy interface requires an IPAM configuration")
+        with ns.in_netns(ctx.netns):
+            with rtnl.iproute() as cipr:
                 try:
                     cipr.link("add", ifname=ctx.ifname, kind="dummy")
                 except Exception as exc:  # noqa: BLE001
-                    raise link.fail("failed to create dummy", exc) from None
+                    raise rtnl.fail("failed to create dummy", exc) from None
                 made = link.require_link(cipr, ctx.ifname)
         return self.finish_add(ctx, conf, made)
 
@@ -34,6 +34,6 @@ class Dummy(SingleLinkPlugin):
 
         def is_up(found: link.Iface) -> None:
             if not found["up"]:
-                raise link.fail(f"Interface {cont['name']} is down")
+                raise rtnl.fail(f"Interface {cont['name']} is down")
 
         check_container(ctx, result, cont, "dummy", "dummy", is_up)

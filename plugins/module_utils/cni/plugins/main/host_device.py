@@ -17,10 +17,11 @@ import os
 from typing import Any, Dict, Optional
 
 from ... import ipam
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field
+from ...protocol.plugin import Conf, Result, conf_field
+from .. import NetPlugin
 from .single import check_container, check_prelude
 
 SYS_BUS_PCI = "/sys/bus/pci/devices"
@@ -33,7 +34,7 @@ def load(conf: Conf) -> Dict[str, Any]:
     if isinstance(runtime.get("deviceID"), str) and runtime["deviceID"]:
         n["pciBusID"] = runtime["deviceID"]
     if not any(n.values()):
-        raise link.fail('specify either "device", "hwaddr", "kernelpath" or "pciBusID"')
+        raise rtnl.fail('specify either "device", "hwaddr", "kernelpath" or "pciBusID"')
     n["dpdk"] = False
     if n["pciBusID"]:
         if "/" in n["pciBusID"] or n["pciBusID"] in (".", ".."):
@@ -42,7 +43,7 @@ def load(conf: Conf) -> Dict[str, Any]:
             driver = os.path.basename(os.path.realpath(os.path.join(SYS_BUS_PCI, n["pciBusID"], "driver"),
                                                        strict=True))
         except OSError as exc:
-            raise link.fail(f"error with host device: lstat {os.path.join(SYS_BUS_PCI, n['pciBusID'])}", exc) \
+            raise rtnl.fail(f"error with host device: lstat {os.path.join(SYS_BUS_PCI, n['pciBusID'])}", exc) \
                 from None
         n["dpdk"] = driver in USERSPACE_DRIVERS
     return n
@@ -53,29 +54,29 @@ def find_device(ipr: Any, n: Dict[str, Any]) -> link.Iface:
     if n["device"]:
         found = link.get_link(ipr, n["device"])
         if found is None:
-            raise link.fail("failed to find host device: Link not found")
+            raise rtnl.fail("failed to find host device: Link not found")
         return found
     names = {i["name"]: i for i in (link.iface_info(m) for m in ipr.get_links())}
     if n["hwaddr"]:
         try:
             mac = link.parse_mac(n["hwaddr"])
         except ValueError as exc:
-            raise link.fail(f"failed to find host device: failed to parse MAC address "
-                            f"{link.json_quote(n['hwaddr'])}: {exc}") from None
+            raise rtnl.fail(f"failed to find host device: failed to parse MAC address "
+                            f"{rtnl.json_quote(n['hwaddr'])}: {exc}") from None
         for iface in names.values():
             if iface["mac"] == mac:
                 return iface
     elif n["kernelpath"]:
         path = n["kernelpath"]
         if not os.path.isabs(path) or not path.startswith("/sys/devices/") or ".." in path.split("/"):
-            raise link.fail(f"failed to find host device: kernel device path {link.json_quote(path)} must be "
+            raise rtnl.fail(f"failed to find host device: kernel device path {rtnl.json_quote(path)} must be "
                             "absolute and begin with /sys/devices/")
         net_dir = os.path.join(path, "net")
         try:
             entries = sorted(os.listdir(net_dir))
         except OSError:
-            raise link.fail(f"failed to find host device: failed to find network devices at "
-                            f"{link.json_quote(net_dir)}") from None
+            raise rtnl.fail(f"failed to find host device: failed to find network devices at "
+                            f"{rtnl.json_quote(net_dir)}") from None
         for entry in entries:
             if entry in names:
                 return names[entry]
@@ -84,44 +85,44 @@ def find_device(ipr: Any, n: Dict[str, Any]) -> link.Iface:
         if not os.path.lexists(net_dir):
             matches = sorted(glob.glob(os.path.join(SYS_BUS_PCI, glob.escape(n["pciBusID"]), "virtio*", "net")))
             if not matches:
-                raise link.fail(f"failed to find host device: no net directory under pci device {n['pciBusID']}")
+                raise rtnl.fail(f"failed to find host device: no net directory under pci device {n['pciBusID']}")
             net_dir = matches[0]
         entries = sorted(os.listdir(net_dir))
         if not entries:
-            raise link.fail(f"failed to find host device: failed to find device name for pci address "
+            raise rtnl.fail(f"failed to find host device: failed to find device name for pci address "
                             f"{n['pciBusID']}")
         found = link.get_link(ipr, entries[0])
         if found is None:
-            raise link.fail("failed to find host device: Link not found")
+            raise rtnl.fail("failed to find host device: Link not found")
         return found
-    raise link.fail("failed to find host device: failed to find physical interface")
+    raise rtnl.fail("failed to find host device: failed to find physical interface")
 
 
-class HostDevice(Plugin):
+class HostDevice(NetPlugin):
     name = "host-device"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = load(conf)
-        fd = link.open_netns(ctx.netns)
+        fd = ns.open_netns(ctx.netns)
         result = spec.new_result()
         moved = False
         try:
             if not n["dpdk"]:
-                with link.iproute() as ipr:
+                with rtnl.iproute() as ipr:
                     dev = find_device(ipr, n)
-                    with link.in_netns(ctx.netns):
-                        with link.iproute() as cipr:
+                    with ns.in_netns(ctx.netns):
+                        with rtnl.iproute() as cipr:
                             # refused up front: a rename failing after the move would strand the device
                             if link.get_link(cipr, ctx.ifname) is not None:
-                                raise link.fail(f"failed to move link: {link.json_quote(ctx.ifname)} already "
+                                raise rtnl.fail(f"failed to move link: {rtnl.json_quote(ctx.ifname)} already "
                                                 "exists in the container")
                     try:
                         link.move_link(ipr, dev["index"], fd, ctx.ifname)
                     except Exception as exc:  # noqa: BLE001
-                        raise link.fail("failed to move link", exc) from None
+                        raise rtnl.fail("failed to move link", exc) from None
                 moved = True
-                with link.in_netns(ctx.netns):
-                    with link.iproute() as cipr:
+                with ns.in_netns(ctx.netns):
+                    with rtnl.iproute() as cipr:
                         cont = link.require_link(cipr, ctx.ifname)
                         link.set_link(cipr, cont["index"], ifalias=dev["name"])
                         link.set_link(cipr, cont["index"], state="up")
@@ -132,12 +133,12 @@ class HostDevice(Plugin):
             got = ipam.delegate("ADD", ctx, conf)
             try:
                 if not got["ips"]:
-                    raise link.fail("IPAM plugin returned missing IP config")
+                    raise rtnl.fail("IPAM plugin returned missing IP config")
                 result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
                 result["routes"] = got["routes"]
                 if not n["dpdk"]:
-                    with link.in_netns(ctx.netns):
-                        with link.iproute() as cipr:
+                    with ns.in_netns(ctx.netns):
+                        with rtnl.iproute() as cipr:
                             link.configure_iface(cipr, ctx.ifname, result)
             except BaseException:
                 try:
@@ -165,7 +166,7 @@ class HostDevice(Plugin):
             return
         try:
             move_out(ctx.netns, ctx.ifname)
-        except link.NetnsNotFound:
+        except ns.NetnsNotFound:
             return  # the netns is gone: a physical device is back on the host already
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
@@ -180,10 +181,10 @@ class HostDevice(Plugin):
 def move_out(netns: str, ifname: str, flush: bool = False) -> None:
     """Go moveLinkOut: down, back to its original name (the ifalias), into the host netns; a
     missing device is fine (DEL is idempotent). `flush` drops addresses an undone ADD put on it."""
-    host_fd = link.current_netns_fd()
+    host_fd = ns.current_netns_fd()
     try:
-        with link.in_netns(netns):
-            with link.iproute() as cipr:
+        with ns.in_netns(netns):
+            with rtnl.iproute() as cipr:
                 dev = link.get_link(cipr, ifname)
                 if dev is None:
                     return
@@ -193,6 +194,6 @@ def move_out(netns: str, ifname: str, flush: bool = False) -> None:
                 try:
                     link.move_link(cipr, dev["index"], host_fd, name)
                 except Exception as exc:  # noqa: BLE001
-                    raise link.fail(f"failed to move {link.json_quote(name or ifname)} to host netns", exc) from None
+                    raise rtnl.fail(f"failed to move {rtnl.json_quote(name or ifname)} to host netns", exc) from None
     finally:
         os.close(host_fd)

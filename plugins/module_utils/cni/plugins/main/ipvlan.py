@@ -12,7 +12,7 @@ import os
 from typing import Any, Optional
 
 from ... import ipam
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel
 from ...protocol.plugin import Conf, Result, conf_field, prev_result
 from .single import SingleLinkPlugin, mode_field
@@ -31,22 +31,22 @@ class Ipvlan(SingleLinkPlugin):
             return link.default_route_interface(ipr)
         if len(prev["interfaces"]) == 1 and prev["interfaces"][0].get("name"):
             return prev["interfaces"][0]["name"]
-        raise link.fail("chained master failure. PrevResult lacks a single named interface")
+        raise rtnl.fail("chained master failure. PrevResult lacks a single named interface")
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         mtu = conf_field(conf, "mtu", int, 0)
         prev = prev_result(conf, required=False)
         preset = prev if not ipam.ipam_type(conf) and prev is not None and prev["ips"] else None
         if preset is None and not ipam.ipam_type(conf):
-            raise link.fail("ipvlan needs an IPAM configuration or a prevResult with addresses")
-        with link.rtnl() as ipr:
+            raise rtnl.fail("ipvlan needs an IPAM configuration or a prevResult with addresses")
+        with rtnl.rtnl() as ipr:
             master_name = self.master(ipr, conf, prev)
-            fd = link.open_netns(ctx.netns)
+            fd = ns.open_netns(ctx.netns)
             try:
                 mode = mode_field(conf, self.name, MODES)
                 master = link.get_link(ipr, master_name)
                 if master is None:
-                    raise link.fail(f"failed to lookup master {link.json_quote(master_name)}: Link not found")
+                    raise rtnl.fail(f"failed to lookup master {rtnl.json_quote(master_name)}: Link not found")
                 made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "ipvlan", "ipvlan", mtu=mtu,
                                             link=master["index"], ipvlan_mode=MODES[mode])
             finally:

@@ -7,26 +7,27 @@ from __future__ import annotations
 
 import ipaddress
 
-from ...net import link
+from ...net import addr, link, ns, rtnl
 from ...protocol import skel, spec
-from ...protocol.plugin import Conf, Plugin, Result
+from ...protocol.plugin import Conf, Result
+from .. import NetPlugin
 
 
-class Loopback(Plugin):
+class Loopback(NetPlugin):
     name = "loopback"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as ipr:
+        with ns.in_netns(ctx.netns):
+            with rtnl.rtnl() as ipr:
                 lo = link.require_link(ipr, "lo")
                 link.set_link(ipr, lo["index"], state="up")
                 first = {}
                 for family in (2, 10):
-                    addrs = link.link_addresses(ipr, lo["index"], family)
-                    for addr in addrs:
-                        if not ipaddress.ip_interface(addr).ip.is_loopback:
-                            raise link.fail("loopback interface found with non-loopback address "
-                                            + link.json_quote(addr.split("/")[0]))
+                    addrs = addr.link_addresses(ipr, lo["index"], family)
+                    for cidr in addrs:
+                        if not ipaddress.ip_interface(cidr).ip.is_loopback:
+                            raise rtnl.fail("loopback interface found with non-loopback address "
+                                            + rtnl.json_quote(cidr.split("/")[0]))
                     if addrs:
                         first[family] = addrs[0]
         if conf.get("prevResult") is not None:
@@ -35,18 +36,18 @@ class Loopback(Plugin):
         return spec.new_result(interfaces=[{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": ctx.netns}], ips=ips)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        with link.in_netns(ctx.netns):
-            with link.rtnl() as ipr:
+        with ns.in_netns(ctx.netns):
+            with rtnl.rtnl() as ipr:
                 if not link.require_link(ipr, "lo")["up"]:
-                    raise link.fail("loopback interface is down")
+                    raise rtnl.fail("loopback interface is down")
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         if not ctx.netns:
             return
         try:
-            with link.in_netns(ctx.netns):
-                with link.rtnl() as ipr:
+            with ns.in_netns(ctx.netns):
+                with rtnl.rtnl() as ipr:
                     lo = link.require_link(ipr, "lo")
                     link.set_link(ipr, lo["index"], state="down")
-        except link.NetnsNotFound:
+        except ns.NetnsNotFound:
             return  # the container is gone already: nothing to undo

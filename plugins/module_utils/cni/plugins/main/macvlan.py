@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel
 from ...protocol.plugin import Conf, Result, conf_field
 from .single import SingleLinkPlugin, mode_field
@@ -38,9 +38,9 @@ class Macvlan(SingleLinkPlugin):
         return n
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        with link.rtnl() as ipr:
+        with rtnl.rtnl() as ipr:
             n = self.load(ctx, conf, ipr)
-            fd = link.open_netns(ctx.netns)
+            fd = ns.open_netns(ctx.netns)
             try:
                 mode = mode_field(conf, self.name, MODES)
                 mac = link.mac_arg(n["mac"])
@@ -54,6 +54,6 @@ class Macvlan(SingleLinkPlugin):
         self.load(ctx, conf, None, lookup_master=False)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        with link.rtnl() as ipr:
+        with rtnl.rtnl() as ipr:
             self.load(ctx, conf, ipr)
         self.check_mode(ctx, conf, MODES, "IFLA_MACVLAN_MODE")

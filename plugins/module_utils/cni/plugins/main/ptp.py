@@ -14,14 +14,15 @@ import os
 from typing import Any
 
 from ... import faults, ipam, netfilter
-from ...net import link
+from ...net import addr, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field, gc_masquerade
+from ...protocol.plugin import Conf, Result, conf_field
+from .. import NetPlugin, gc_masquerade
 from .single import check_container, check_prelude
 
 
-class Ptp(Plugin):
+class Ptp(NetPlugin):
     name = "ptp"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
@@ -33,16 +34,16 @@ class Ptp(Plugin):
         try:
             result = spec.new_result(ips=got["ips"], routes=got["routes"], dns=got.get("dns"))
             if not result["ips"]:
-                raise link.fail("IPAM plugin returned missing IP config")
+                raise rtnl.fail("IPAM plugin returned missing IP config")
             for family in sorted({ipaddress.ip_interface(ip["address"]).version for ip in result["ips"]}):
                 try:
-                    link.enable_forward(family)
+                    sysctl.enable_forward(family)
                 except CNIError as err:
-                    raise link.fail(f"Could not enable IP forwarding: {err.msg}") from None
-            host_fd = link.open_netns("/proc/thread-self/ns/net")
+                    raise rtnl.fail(f"Could not enable IP forwarding: {err.msg}") from None
+            host_fd = ns.open_netns("/proc/thread-self/ns/net")
             try:
-                with link.in_netns(ctx.netns):
-                    with link.rtnl() as cipr:
+                with ns.in_netns(ctx.netns):
+                    with rtnl.rtnl() as cipr:
                         host, cont = link.setup_veth(cipr, ctx.ifname, host_fd, mtu)
                         veth_made = True
                         faults.point("ptp.after_veth")  # crash-safety tests (faults.py)
@@ -54,7 +55,7 @@ class Ptp(Plugin):
                         container_routes(cipr, cont["index"], result)
             finally:
                 os.close(host_fd)
-            with link.rtnl() as ipr:
+            with rtnl.rtnl() as ipr:
                 host_side(ipr, host, result)
             if masq:
                 netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
@@ -110,14 +111,14 @@ def container_routes(cipr: Any, index: int, result: Result) -> None:
             cipr.route("del", dst=str(iface.network.network_address), dst_len=iface.network.prefixlen, oif=index,
                        family=10 if iface.version == 6 else 2, proto=0, scope=255)
         except Exception as exc:  # noqa: BLE001
-            raise link.fail(f"failed to delete route {net}", exc) from None
+            raise rtnl.fail(f"failed to delete route {net}", exc) from None
         bits = 32 if iface.version == 4 else 128
         gw = ipc.get("gateway")
         try:
-            link.add_route(cipr, f"{gw}/{bits}", None, index, scope=253, prefsrc=str(iface.ip))
-            link.add_route(cipr, net, gw, index, scope=0, prefsrc=str(iface.ip))
+            addr.add_route(cipr, f"{gw}/{bits}", None, index, scope=253, prefsrc=str(iface.ip))
+            addr.add_route(cipr, net, gw, index, scope=0, prefsrc=str(iface.ip))
         except Exception as exc:  # noqa: BLE001
-            raise link.fail(f"failed to add route {net} via {gw}", exc) from None
+            raise rtnl.fail(f"failed to add route {net} via {gw}", exc) from None
 
 
 def host_side(ipr: Any, veth: link.Iface, result: Result) -> None:
@@ -126,11 +127,11 @@ def host_side(ipr: Any, veth: link.Iface, result: Result) -> None:
         iface = ipaddress.ip_interface(ipc["address"])
         bits = 32 if iface.version == 4 else 128
         try:
-            link.add_address(ipr, veth["index"], f"{ipc['gateway']}/{bits}")
+            addr.add_address(ipr, veth["index"], f"{ipc['gateway']}/{bits}")
         except Exception as exc:  # noqa: BLE001
-            raise link.fail(f"failed to add IP addr ({ipc['gateway']}/{bits}) to veth", exc) from None
+            raise rtnl.fail(f"failed to add IP addr ({ipc['gateway']}/{bits}) to veth", exc) from None
         try:
-            link.add_route(ipr, f"{iface.ip}/{bits}", None, veth["index"], scope=254)
+            addr.add_route(ipr, f"{iface.ip}/{bits}", None, veth["index"], scope=254)
         except Exception as exc:  # noqa: BLE001
-            if link.netlink_error_code(exc) != 17:
-                raise link.fail("failed to add route on host", exc) from None
+            if rtnl.netlink_error_code(exc) != 17:
+                raise rtnl.fail("failed to add route on host", exc) from None

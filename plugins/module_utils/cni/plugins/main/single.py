@@ -8,13 +8,14 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ... import faults, ipam
-from ...net import link
+from ...net import check, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
+from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from .. import NetPlugin
 
 
-class SingleLinkPlugin(Plugin):
+class SingleLinkPlugin(NetPlugin):
     """Base class; subclasses create the link in `add` and hand it to `finish_add`."""
 
     arp_notify = True  # Go vlan and dummy do not set net.ipv4.conf.<if>.arp_notify
@@ -35,20 +36,20 @@ class SingleLinkPlugin(Plugin):
                 ipam_done = True
                 faults.point(f"{self.name}.after_ipam_add")
                 if not got["ips"]:
-                    raise link.fail("IPAM plugin returned missing IP config")
+                    raise rtnl.fail("IPAM plugin returned missing IP config")
                 result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
                 result["routes"] = got["routes"]
                 result["dns"] = got.get("dns") or {}
-            with link.in_netns(ctx.netns):
-                with link.rtnl() as cipr:
+            with ns.in_netns(ctx.netns):
+                with rtnl.rtnl() as cipr:
                     if result["ips"]:
                         if self.arp_notify:
-                            link.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
+                            sysctl.sysctl_try_set(f"net/ipv4/conf/{ctx.ifname}/arp_notify", "1")
                         link.configure_iface(cipr, ctx.ifname, result, made)
                     else:
                         found = link.get_link(cipr, ctx.ifname)
                         if found is None:
-                            raise link.fail(f"failed to find interface name {link.json_quote(ctx.ifname)}: "
+                            raise rtnl.fail(f"failed to find interface name {rtnl.json_quote(ctx.ifname)}: "
                                             "Link not found")
                         link.set_link(cipr, found["index"], state="up")
         except BaseException:
@@ -88,7 +89,7 @@ class SingleLinkPlugin(Plugin):
             have = link.info_data(found, attr)
             have_name = {v: k for k, v in modes.items()}.get(have, str(have))
             if have_name != want:
-                raise link.fail(f"Container {self.name} mode {have_name} does not match expected value: {want}")
+                raise rtnl.fail(f"Container {self.name} mode {have_name} does not match expected value: {want}")
 
         check_container(ctx, result, cont, self.name, self.name, same_mode)
 
@@ -97,7 +98,7 @@ def mode_field(conf: Conf, kind: str, modes: Dict[str, int]) -> str:
     """Go's modeFromString: the config's `mode`, the first of `modes` when empty."""
     mode = conf_field(conf, "mode", str, "") or next(iter(modes))
     if mode not in modes:
-        raise link.fail(f"unknown {kind} mode: {link.json_quote(mode)}")
+        raise rtnl.fail(f"unknown {kind} mode: {rtnl.json_quote(mode)}")
     return mode
 
 
@@ -107,37 +108,37 @@ def check_container(ctx: skel.Context, result: Result, cont: Dict[str, Any], kin
     """The container side of Go's cmdCheck: validateCniContainerInterface (present, of `kind` when
     given, `validate` e.g. the mode, MAC), then the prevResult's IPs and routes on it. `prefix`
     is the plugin's own start of Go's messages (ptp writes "ptp: ")."""
-    with link.in_netns(ctx.netns):
-        with link.rtnl() as cipr:
+    with ns.in_netns(ctx.netns):
+        with rtnl.rtnl() as cipr:
             found = link.get_link(cipr, cont["name"])
             if found is None:
-                raise link.fail(f"{prefix}Container Interface name in prevResult: {cont['name']} not found")
+                raise rtnl.fail(f"{prefix}Container Interface name in prevResult: {cont['name']} not found")
             if kind is not None and found["kind"] != kind:
-                raise link.fail(f"Error: Container interface {cont['name']} not of type {what}")
+                raise rtnl.fail(f"Error: Container interface {cont['name']} not of type {what}")
             if validate is not None:
                 validate(found)
             if cont.get("mac") and cont["mac"] != found["mac"]:
-                raise link.fail(f"{prefix}Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
+                raise rtnl.fail(f"{prefix}Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
                                 f"{found['mac']}")
-            link.check_interface_ips(cipr, ctx.ifname, result["ips"])
-            link.check_routes(cipr, result["routes"])
+            check.check_interface_ips(cipr, ctx.ifname, result["ips"])
+            check.check_routes(cipr, result["routes"])
 
 
 def check_prelude(ctx: skel.Context, conf: Conf, missing: str = "Required prevResult missing",
                   match: bool = True) -> Tuple[Result, Dict[str, Any]]:
     """The start of every Go cmdCheck here: the netns opens, IPAM CHECK, prevResult present and
     (when `match`) naming CNI_IFNAME in this netns. Returns (prevResult, its container interface)."""
-    os.close(link.open_netns(ctx.netns))
+    os.close(ns.open_netns(ctx.netns))
     if ipam.ipam_type(conf):
         ipam.delegate("CHECK", ctx, conf)
     result = prev_result(conf, required=False)
     if result is None:
-        raise link.fail(missing)
+        raise rtnl.fail(missing)
     if not match:
         return result, {}
     cont = next((i for i in result["interfaces"] if i.get("name") == ctx.ifname
                  and i.get("sandbox") == ctx.netns), {})
     if ctx.netns != cont.get("sandbox", ""):
-        raise link.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
+        raise rtnl.fail(f"Sandbox in prevResult {cont.get('sandbox', '')} doesn't match configured netns: "
                         f"{ctx.netns}")
     return result, cont

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
 from ...protocol.plugin import Conf, Result, conf_field
@@ -28,7 +28,7 @@ class Tap(SingleLinkPlugin):
                            "SELinux labels are not supported by this implementation")
         for key in ("owner", "group"):
             if n[key] is not None and not 0 <= n[key] < 2 ** 32:
-                raise link.fail(f"failed to load netconf: json: cannot unmarshal number {n[key]} into Go struct "
+                raise rtnl.fail(f"failed to load netconf: json: cannot unmarshal number {n[key]} into Go struct "
                                 f"field NetConf.{key} of type uint32")
         env = skel.load_args(ctx.args, {"MAC": str})
         if env.get("MAC"):
@@ -42,12 +42,12 @@ class Tap(SingleLinkPlugin):
         n = self.load(ctx, conf)
         mac = link.mac_arg(n["mac"])
         tmp = link.random_veth_name()
-        with link.in_netns(ctx.netns):
-            with link.iproute() as cipr:
+        with ns.in_netns(ctx.netns):
+            with rtnl.iproute() as cipr:
                 try:
                     link.create_tap(tmp, n["multiQueue"], n["owner"], n["group"])
                 except OSError as exc:
-                    raise link.fail("failed to create tap", exc) from None
+                    raise rtnl.fail("failed to create tap", exc) from None
                 made = link.require_link(cipr, tmp)
                 try:
                     attrs: dict[str, Any] = {"ifname": ctx.ifname}
@@ -59,14 +59,14 @@ class Tap(SingleLinkPlugin):
                     if n["bridge"]:
                         br = link.get_link(cipr, n["bridge"])
                         if br is None:
-                            raise link.fail(f"failed to get bridge {n['bridge']}: Link not found")
+                            raise rtnl.fail(f"failed to get bridge {n['bridge']}: Link not found")
                         link.set_link(cipr, made["index"], master=br["index"])
                     made = link.require_link(cipr, ctx.ifname)
                 except BaseException as exc:
                     cipr.link("del", index=made["index"])
                     if isinstance(exc, CNIError):
                         raise
-                    raise link.fail(f"failed to set up tap {link.json_quote(ctx.ifname)}", exc) from None
+                    raise rtnl.fail(f"failed to set up tap {rtnl.json_quote(ctx.ifname)}", exc) from None
         return self.finish_add(ctx, conf, made)
 
     def validate_del(self, ctx: skel.Context, conf: Conf) -> None:

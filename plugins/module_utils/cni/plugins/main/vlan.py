@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict
 
 from ... import ipam
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel
 from ...protocol.plugin import Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
@@ -26,19 +26,19 @@ class Vlan(SingleLinkPlugin):
         n = {"master": conf_field(conf, "master", str, ""), "vlanId": conf_field(conf, "vlanId", int, 0),
              "mtu": conf_field(conf, "mtu", int, 0)}
         if not n["master"]:
-            raise link.fail('"master" field is required. It specifies the host interface name to create the VLAN '
+            raise rtnl.fail('"master" field is required. It specifies the host interface name to create the VLAN '
                             "for.")
         if n["vlanId"] < 0 or n["vlanId"] > 4094:
-            raise link.fail(f"invalid VLAN ID {n['vlanId']} (must be between 0 and 4095 inclusive)")
+            raise rtnl.fail(f"invalid VLAN ID {n['vlanId']} (must be between 0 and 4095 inclusive)")
         return n
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(conf)
-        with link.rtnl() as ipr:
+        with rtnl.rtnl() as ipr:
             master = link.master_link(ipr, n["master"], n["mtu"])
             if not ipam.ipam_type(conf):
-                raise link.fail("failed to execute IPAM delegate: vlan needs an IPAM configuration")
-            fd = link.open_netns(ctx.netns)
+                raise rtnl.fail("failed to execute IPAM delegate: vlan needs an IPAM configuration")
+            fd = ns.open_netns(ctx.netns)
             try:
                 made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "vlan", "vlan", mtu=n["mtu"],
                                             link=master["index"], vlan_id=n["vlanId"])
@@ -56,7 +56,7 @@ class Vlan(SingleLinkPlugin):
         def same_id(found: link.Iface) -> None:
             have = link.info_data(found, "IFLA_VLAN_ID")
             if have != n["vlanId"]:
-                raise link.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
+                raise rtnl.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
                                 f"expected value: {n['vlanId']}")
 
         check_container(ctx, result, cont, "vlan", "vlan", same_id)

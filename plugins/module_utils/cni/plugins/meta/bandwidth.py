@@ -11,10 +11,11 @@ import contextlib
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
+from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from .. import NetPlugin
 
 IFB_PREFIX = "bwp"
 MAX_IFNAME = 15
@@ -87,13 +88,13 @@ def host_veth(result: Result, netns: str, ifname: str) -> Tuple[Dict[str, Any], 
     interface of the prevResult. Returns (result interface, host link)."""
     if not result.get("interfaces"):
         raise CNIError(spec.ERR_INTERNAL, "no interfaces provided")
-    with link.in_netns(netns):
-        with link.iproute() as ipr:
+    with ns.in_netns(netns):
+        with rtnl.iproute() as ipr:
             cont = link.get_link(ipr, ifname)
     peer = cont.get("link") if cont and cont.get("kind") == "veth" else None
     if not peer:
         raise CNIError(spec.ERR_INTERNAL, f"container interface {ifname} has no veth peer")
-    with link.iproute() as ipr:
+    with rtnl.iproute() as ipr:
         host = link.get_link(ipr, index=peer)
     if host is None:
         raise CNIError(spec.ERR_INTERNAL, f"veth peer with index {peer} is not in host ns")
@@ -138,7 +139,7 @@ def _check_tbf(ipr: Any, index: int, rate_bits: int, burst_bits: int) -> None:
             raise CNIError(spec.ERR_INTERNAL, f"{msg} doesn't match")
 
 
-class Bandwidth(Plugin):
+class Bandwidth(NetPlugin):
     name = "bandwidth"
     supported_versions = tuple(v for v in spec.SUPPORTED_VERSIONS if spec.version_ge(v, "0.3.0"))
 
@@ -150,7 +151,7 @@ class Bandwidth(Plugin):
         _, host = host_veth(result, ctx.netns, ctx.ifname)
         ifb = ifb_name(conf["name"], ctx.container_id)
         done: List[str] = []  # what this ADD created, for the undo
-        with link.iproute() as ipr:
+        with rtnl.iproute() as ipr:
             try:
                 if bw["ingressRate"]:
                     _add_tbf(ipr, host["index"], bw["ingressRate"], bw["ingressBurst"])
@@ -171,14 +172,14 @@ class Bandwidth(Plugin):
                 _undo(ipr, host["index"], ifb, done)
                 if isinstance(exc, CNIError):
                     raise
-                raise link.fail("failed to set up bandwidth limits", exc) from None
+                raise rtnl.fail("failed to set up bandwidth limits", exc) from None
         return result
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         bw = limits(conf) or dict.fromkeys(KEYS, 0)
         result = prev_result(conf)
         _, host = host_veth(result, ctx.netns, ctx.ifname)
-        with link.iproute() as ipr:
+        with rtnl.iproute() as ipr:
             if bw["ingressRate"] and bw["ingressBurst"]:
                 _check_tbf(ipr, host["index"], bw["ingressRate"], bw["ingressBurst"])
             if bw["egressRate"] and bw["egressBurst"]:
@@ -189,5 +190,5 @@ class Bandwidth(Plugin):
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         limits(conf)  # Go parses (and validates) the config on DEL too
-        with link.iproute() as ipr:
+        with rtnl.iproute() as ipr:
             link.delete_link(ipr, ifb_name(conf["name"], ctx.container_id))

@@ -22,7 +22,8 @@ from ...protocol import skel, spec
 from ...netfilter import iptables as ipt
 from ...netfilter import nft
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field
+from ...protocol.plugin import Conf, Result, conf_field
+from .. import NetPlugin
 
 PRIV_CHAIN = "CNI-FORWARD"
 STAGE1, STAGE2 = "CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"
@@ -183,7 +184,7 @@ def nft_check(result: Result) -> None:
                 raise CNIError(spec.ERR_INTERNAL, f"pod address {ip} missing from set pods{v} of inet {NFT_TABLE}")
 
 
-class Firewall(Plugin):
+class Firewall(NetPlugin):
     name = "firewall"
     supported_versions = tuple(v for v in spec.SUPPORTED_VERSIONS if spec.version_ge(v, "0.4.0"))
 

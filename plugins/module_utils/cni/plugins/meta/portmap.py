@@ -19,21 +19,20 @@ Unlike Go, DEL cleans up by container ID even when runtimeConfig.portMappings is
 """
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
-import socket
 import sys
 import zlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ... import faults, netfilter
-from ...net import link
+from ...net import addr, sysctl
 from ...protocol import skel, spec
 from ...netfilter import iptables as ipt
 from ...netfilter import nft
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
+from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from .. import NetPlugin
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_MARK_BIT = 13
@@ -158,10 +157,10 @@ def _target(ip: Any, port: int) -> str:
 
 def _enable_route_localnet(cont: Any) -> None:
     """Hairpin/localhost to a host port needs route_localnet on the interface toward the container."""
-    ifname = link.route_oif_name(str(cont.ip))
+    ifname = addr.route_oif_name(str(cont.ip))
     if ifname:
         try:
-            link.sysctl_set(f"net/ipv4/conf/{ifname}/route_localnet", "1")
+            sysctl.sysctl_set(f"net/ipv4/conf/{ifname}/route_localnet", "1")
         except OSError as exc:
             raise CNIError(spec.ERR_INTERNAL, f"unable to enable route_localnet: {exc.strerror}") from None
 
@@ -174,15 +173,9 @@ def _flush_udp_conntrack(mappings: List[PortMapping], versions: List[int]) -> No
     if not ports:
         return
     try:
-        from pyroute2.conntrack import Conntrack, NFCTAttrTuple  # noqa: PLC0415 - lazy on purpose
+        from ...net import conntrack  # noqa: PLC0415 - only with UDP mappings
 
-        with contextlib.closing(Conntrack()) as ct:
-            for v in versions:
-                family = socket.AF_INET if v == 4 else socket.AF_INET6
-                for port in ports:
-                    tup = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port)
-                    for entry in list(ct.dump_entries(tuple_orig=tup)):
-                        ct.delete(entry)
+        conntrack.delete_udp_by_dport(ports, versions)
     except Exception as exc:  # noqa: BLE001 - as in Go, a failure here does not fail the ADD
         sys.stderr.write(f"portmap: failed to delete stale UDP conntrack entries: {exc}\n")
 
@@ -485,7 +478,7 @@ def ipt_check(s: Settings, network: str, cid: str, v: int) -> None:
 
 # --- the plugin ------------------------------------------------------------------------------
 
-class Portmap(Plugin):
+class Portmap(NetPlugin):
     name = "portmap"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:

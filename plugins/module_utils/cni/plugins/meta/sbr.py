@@ -16,10 +16,11 @@ import os
 from typing import Any, Dict, Iterator, List, Set
 
 from ... import netfilter
-from ...net import link
+from ...net import addr, link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result
+from ...protocol.plugin import Conf, Result
+from .. import NetPlugin
 
 FIRST_TABLE = 100
 AF_INET, AF_INET6 = 2, 10
@@ -32,10 +33,10 @@ def _locked_netns(path: str) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise link.NetnsNotFound(path, exc) from None
+        raise ns.NetnsNotFound(path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with link.in_netns(path):
+        with ns.in_netns(path):
             yield
     finally:
         os.close(fd)
@@ -93,7 +94,7 @@ def _route_matches(net: Any, route: Any) -> bool:
                for a in (src, gw))
 
 
-class Sbr(Plugin):
+class Sbr(NetPlugin):
     name = "sbr"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
@@ -101,7 +102,7 @@ class Sbr(Plugin):
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "This plugin must be called as chained plugin")
         ipcfgs = ip_configs(result, ctx.ifname)
-        with _locked_netns(ctx.netns), link.iproute() as ipr:
+        with _locked_netns(ctx.netns), rtnl.iproute() as ipr:
             self._do_routes(ipr, ipcfgs, ctx.ifname)
         return result
 
@@ -138,7 +139,7 @@ class Sbr(Plugin):
                     ipr.flush_routes(table=rule["table"])
             if isinstance(exc, CNIError):
                 raise
-            raise link.fail("failed to set up source-based routing", exc) from None
+            raise rtnl.fail("failed to set up source-based routing", exc) from None
         for route in routes:
             ipr.route("del", **_route_kw(route, 254))
 
@@ -147,7 +148,7 @@ class Sbr(Plugin):
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "This plugin must be called as chained plugin")
         wanted = {str(i["iface"].ip) for i in ip_configs(result, ctx.ifname)}
-        with link.in_netns(ctx.netns), link.iproute() as ipr:
+        with ns.in_netns(ctx.netns), rtnl.iproute() as ipr:
             have = {r.get_attr("FRA_SRC") for r in ipr.get_rules() if _table_of(r, "FRA_TABLE") >= FIRST_TABLE}
         missing = sorted(wanted - have)
         if missing:
@@ -160,14 +161,14 @@ class Sbr(Plugin):
         known = {str(i["iface"].ip)
                  for i in (ip_configs(prev, ctx.ifname) if prev.get("ips") else [])}
         try:
-            with _locked_netns(ctx.netns), link.iproute() as ipr:
+            with _locked_netns(ctx.netns), rtnl.iproute() as ipr:
                 dev = link.get_link(ipr, ctx.ifname)
                 if dev is not None:
-                    known |= {a.split("/")[0] for a in link.link_addresses(ipr, dev["index"])}
+                    known |= {a.split("/")[0] for a in addr.link_addresses(ipr, dev["index"])}
                 for rule in ipr.get_rules():
                     src = rule.get_attr("FRA_SRC")
                     if src is not None and src in known:
                         ipr.rule("del", family=rule["family"], table=_table_of(rule, "FRA_TABLE"), src=src,
                                  src_len=rule["src_len"], priority=rule.get_attr("FRA_PRIORITY"))
-        except link.NetnsNotFound:
+        except ns.NetnsNotFound:
             return  # the container is gone, and its rules with it

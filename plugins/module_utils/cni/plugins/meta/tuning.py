@@ -14,10 +14,11 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ...net import link
+from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Plugin, Result, conf_field, prev_result
+from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from .. import NetPlugin
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
@@ -25,7 +26,7 @@ IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
 
 
-class Tuning(Plugin):
+class Tuning(NetPlugin):
     name = "tuning"
 
     # --- config -------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ class Tuning(Plugin):
         files = self.sysctl_files(s["sysctl"], ctx.ifname)
         backup = self.backup_path(s["dataDir"], ctx)
         saved = False
-        with link.in_netns(ctx.netns):
+        with ns.in_netns(ctx.netns):
             for key, path, _ in files:  # all present before any is written (Go stops half-way)
                 if not os.path.isfile(path):
                     raise CNIError(spec.ERR_INTERNAL, f"failed to set sysctl {key}: no such sysctl in the container")
@@ -104,7 +105,7 @@ class Tuning(Plugin):
                     raise CNIError(spec.ERR_INTERNAL, f"failed to set sysctl {key}: {exc.strerror}") from None
             if not (s["mac"] or s["mtu"] or s["promisc"] or s["allmulti"] is not None):
                 return result
-            with link.iproute() as ipr:
+            with rtnl.iproute() as ipr:
                 dev = link.require_link(ipr, ctx.ifname)
                 try:
                     _write_backup(backup, _original(ipr, dev, s))
@@ -123,7 +124,7 @@ class Tuning(Plugin):
                         _restore(ipr, dev["index"], backup)
                     if isinstance(exc, CNIError):
                         raise
-                    raise link.fail(f"failed to tune {link.json_quote(ctx.ifname)}", exc) from None
+                    raise rtnl.fail(f"failed to tune {rtnl.json_quote(ctx.ifname)}", exc) from None
         if s["mac"]:
             result = dict(result, interfaces=[dict(i, mac=s["mac"]) if i.get("name") == ctx.ifname else i
                                               for i in result.get("interfaces") or []])
@@ -134,14 +135,14 @@ class Tuning(Plugin):
         if conf.get("prevResult") is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "Required prevResult missing")
         files = self.sysctl_files(s["sysctl"], ctx.ifname)
-        with link.in_netns(ctx.netns):
+        with ns.in_netns(ctx.netns):
             for _, path, want in files:
                 with open(path, encoding="ascii") as fh:
                     have = fh.read().rstrip("\n")
                 if have != want:
                     raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning configured value of {path} is {want}, "
                                                       f"current value is {have}")
-            with link.iproute() as ipr:
+            with rtnl.iproute() as ipr:
                 dev = link.get_link(ipr, ctx.ifname)
                 if dev is None:
                     raise CNIError(spec.ERR_INTERNAL, f"Cannot find container link {ctx.ifname}")
@@ -167,13 +168,13 @@ class Tuning(Plugin):
             return
         if ctx.netns:
             try:
-                with link.in_netns(ctx.netns):
-                    with link.iproute() as ipr:
+                with ns.in_netns(ctx.netns):
+                    with rtnl.iproute() as ipr:
                         dev = link.get_link(ipr, ctx.ifname)
                         if dev is not None:
                             _restore(ipr, dev["index"], backup)
                             return
-            except link.NetnsNotFound:
+            except ns.NetnsNotFound:
                 pass
             except CNIError:
                 return  # best effort like Go; the backup stays for a retry
@@ -240,7 +241,7 @@ def _restore(ipr: Any, index: int, path: str) -> None:
             try:
                 link.set_link(ipr, index, **attrs(data[key]))
             except Exception as exc:  # noqa: BLE001 - collected like Go's errStr
-                errors.append(f"failed to restore {what}: {link.errstr(exc)}")
+                errors.append(f"failed to restore {what}: {rtnl.errstr(exc)}")
     if errors:
         raise CNIError(spec.ERR_INTERNAL, "; ".join(errors))
     _remove(path)
