@@ -21,6 +21,10 @@ from .sysctl import sysctl_get, sysctl_set, sysctl_try_set
 Iface = Dict[str, Any]  # {"name", "index", "mac", "mtu", "kind", "master", "link", "up", "alias", ...}
 
 
+# The kernel's macvlan modes (MACVLAN_MODE_* of linux/if_link.h), the default first: the one list
+# (the macvlan plugin takes all but `source`, as Go's does; the macvlan module takes them all).
+MACVLAN_MODES: Dict[str, int] = {"bridge": 4, "private": 1, "vepa": 2, "passthru": 8, "source": 16}
+
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 

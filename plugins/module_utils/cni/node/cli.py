@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
     agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
     sub.add_parser("version", help="print the supported CNI versions")
-    from .reclaim import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
+    from .reclaim import add_parser as add_reclaim_parser  # noqa: PLC0415 - stdlib-only module
 
-    add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
+    add_reclaim_parser(sub)  # `cnikit reclaim` (alias gc): node-level leak reclaim (docs/reliability.md)
     renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
     renew.add_argument("--once", action="store_true", help="one pass; print each lease's state")
     renew.add_argument("--interval", type=float, default=30.0, help="longest sleep between passes (s)")
@@ -122,7 +122,7 @@ def main(argv: List[str]) -> int:
         print(spec.dumps(spec.version_info()))
         return 0
     try:
-        if args.cmd == "gc":
+        if args.cmd in ("reclaim", "gc"):
             return args.func(args)
         if args.cmd == "dhcp-renew":
             from ..ipam import dhcp  # noqa: PLC0415 - docs/ipam.md

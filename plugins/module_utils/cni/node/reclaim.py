@@ -1,4 +1,4 @@
-"""Node-level leak collection behind `cnikit gc`: what a missed DEL, a deleted netns or a reboot
+"""Node-level leak reclaim behind `cnikit reclaim` (alias `cnikit gc`; the CNI GC verb is another thing): what a missed DEL, a deleted netns or a reboot
 (the netns tmpfs wiped, /var/lib/cni kept) leaves behind.
 
 The runtime's result cache (libcni's format, `<cacheDir>/results/<net>-<cid>-<ifname>`) records
@@ -260,7 +260,7 @@ def _orphan_leases(data_dir: str, live: Set[Tuple[str, str, str]], grace: float,
 
 
 def main(args: Any) -> int:
-    """`cnikit gc`: print the report as JSON; exit 1 if any collection failed."""
+    """`cnikit reclaim`: print the report as JSON; exit 1 if any collection failed."""
     cni_path = [p for p in (args.cni_path or os.environ.get("CNI_PATH", "")).split(os.pathsep) if p]
     report = collect(cache_dir=args.cache_dir, cni_path=cni_path, data_dirs=args.data_dir or [],
                      orphans=args.orphans, grace=args.grace, dry_run=args.dry_run,
@@ -270,8 +270,8 @@ def main(args: Any) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    """Register `cnikit gc` on the CLI's subparsers."""
-    p = sub.add_parser("gc", help="collect leases, rules and cache entries of containers that are gone")
+    """Register `cnikit reclaim` (and its older name `cnikit gc`) on the CLI's subparsers."""
+    p = sub.add_parser("reclaim", aliases=["gc"], help="collect leases, rules and cache entries of containers that are gone")
     p.add_argument("--cache-dir", default="", help="libcni cache dir (default /var/lib/cni)")
     p.add_argument("--data-dir", action="append", help="host-local dataDir to scan for orphans (repeatable; "
                    "default /var/lib/cni/networks)")

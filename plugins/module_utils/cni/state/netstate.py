@@ -4,8 +4,9 @@ links, CNI attachments (through the runtime), config files and port mappings (th
 Each `ensure_*` reads what the kernel has, compares it with what was asked for, changes only the
 difference (nothing at all with `check_mode`) and returns a `Change`: whether anything changed
 (or would), plus `before`/`after` views of the visible state for Ansible's diff. Errors are
-`CNIError`s whose message says what to fix. Netlink work goes through `link.py`'s primitives;
-pyroute2 is imported only inside the functions that need it.
+`CNIError`s whose message says what to fix. The kernel is read and changed through the engine's
+net/ layer (ns, rtnl, link, addr: the readers the plugins use; pyroute2 only there), port mappings
+through the portmap plugin's CNI verbs (protocol/invoke.call_builtin), never its internals.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import runtime
 from ..net import addr, link, ns, rtnl
-from ..protocol import skel, spec
+from ..protocol import invoke, skel, spec
 from ..protocol.spec import CNIError
 
 NETNS_DIR = "/run/netns"
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
+MACVLAN_MODES = tuple(link.MACVLAN_MODES)
 State = Dict[str, Any]
 
 
@@ -666,7 +667,7 @@ def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_
     return Change(changed, {"path": path, "content": current or ""}, {"path": path, "content": text or ""})
 
 
-# --- host port mappings (the engine's portmap plugin, called in-process) ---------------------
+# --- host port mappings (the engine's portmap plugin, called in-process through its CNI API) -----
 
 PORTMAP_STATE_DIR = "/var/lib/cni/cnikit/portmap"
 
@@ -681,8 +682,6 @@ def ensure_portmap(network: str, container_id: str, container_ips: List[str], ma
     nothing when CHECK passes and the record equals the wanted set; else DEL (the recorded set, then
     the wanted one) and ADD. absent: DEL when CHECK passes or a record exists.
     """
-    from ..plugins.meta.portmap import Portmap  # noqa: PLC0415 - only this module needs netfilter
-
     spec.validate_name(network)
     skel.validate_container_id(container_id)
     ips = []
@@ -695,14 +694,13 @@ def ensure_portmap(network: str, container_id: str, container_ips: List[str], ma
         raise CNIError(spec.ERR_INVALID_CONFIG, "container_ip: at least one container address is needed")
     wanted = {"mappings": mappings, "container_ips": ips, "backend": backend or "nftables", "snat": snat}
     record = os.path.join(state_dir, f"{network}-{container_id}.json")
-    plugin = Portmap()
 
     def run(command: str, applied: Dict[str, Any]) -> None:
         conf = {"cniVersion": "1.0.0", "name": network, "type": "portmap", "snat": applied["snat"],
                 "backend": applied["backend"], "runtimeConfig": {"portMappings": applied["mappings"]},
                 "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": a} for a in applied["container_ips"]]}}
         ctx = skel.Context(command=command, container_id=container_id, netns=netns, ifname=ifname)
-        skel.call(plugin, ctx, spec.load_netconf(json.dumps(conf)))
+        invoke.call_builtin("portmap", ctx, spec.load_netconf(json.dumps(conf)))
 
     try:
         run("CHECK", wanted)

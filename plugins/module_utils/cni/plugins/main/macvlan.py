@@ -15,7 +15,8 @@ from ...protocol import skel
 from ...protocol.plugin import Conf, Result, conf_field
 from .single import SingleLinkPlugin, mode_field
 
-MODES = {"bridge": 4, "private": 1, "vepa": 2, "passthru": 8}  # MACVLAN_MODE_*; the first is the default
+# Go's macvlan plugin has no `source` mode (it needs a MAC list); the first is the default
+MODES = {name: value for name, value in link.MACVLAN_MODES.items() if name != "source"}
 
 
 class Macvlan(SingleLinkPlugin):
