@@ -54,7 +54,8 @@ class Agent:
         self.sock = sock
         self.proc = subprocess.Popen([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
                                       "from cni.main import main; sys.exit(main(sys.argv[2:]))",
-                                      cnitest.LIB, "cnikit", "agent", "--socket", sock],
+                                      cnitest.LIB, "cnikit", "agent", "--socket", sock,
+                                      "--cni-path", os.path.dirname(sock)],
                                      env=dict(os.environ, **(env or {})), stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while not agent_mod.alive(sock):
@@ -303,7 +304,7 @@ def test_concurrent_requests_through_the_agent(work, agent_factory):
 
 def test_agent_survives_garbage_and_refuses_a_second_instance(work, agent_factory):
     running = agent_factory()
-    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"CNIKIT/1 5 5 999999999\n", b"CNIKIT/1 10 0 0\nshort"):
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"CNIKIT/2 5 5 999999999\n", b"CNIKIT/2 10 0 0\nshort"):
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(running.sock)
             s.sendall(junk)
@@ -352,8 +353,9 @@ def test_sigterm_lets_the_request_in_flight_finish(work, agent_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)  # host-local waits for this lock: the request stays in flight
         conn = socket.socket(socket.AF_UNIX)
         conn.connect(running.sock)
-        conn.sendall(b"CNIKIT/1 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
+        conn.sendall(b"CNIKIT/2 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
         assert conn.recv(1) == b"+"
+        conn.sendall(b"!")
         running.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while os.path.exists(running.sock) and time.monotonic() < deadline:
