@@ -34,6 +34,7 @@ import cnitest
 
 sys.path.insert(0, cnitest.LIB)
 from cni import agent as agent_mod  # noqa: E402
+from agentutil import Agent  # noqa: E402
 from cni import main as cni_main  # noqa: E402
 from cni import runtime, shim, skel  # noqa: E402
 
@@ -47,32 +48,6 @@ def work(sandbox):
     path = tempfile.mkdtemp(prefix="perf", dir="/run")  # short: unix socket paths are ≤ 107 bytes
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-class Agent:
-    def __init__(self, sock: str, env: dict | None = None) -> None:
-        self.sock = sock
-        self.proc = subprocess.Popen([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                                      "from cni.main import main; sys.exit(main(sys.argv[2:]))",
-                                      cnitest.LIB, "cnikit", "agent", "--socket", sock,
-                                      "--cni-path", os.path.dirname(sock)],
-                                     env=dict(os.environ, **(env or {})), stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not agent_mod.alive(sock):
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "agent did not come up"
-            time.sleep(0.02)
-
-    def stop(self) -> str:
-        """SIGTERM, wait; the agent's log."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        if self.proc.stderr.closed:
-            return ""
-        log = self.proc.stderr.read().decode(errors="replace")
-        self.proc.stderr.close()
-        return log
 
 
 @pytest.fixture

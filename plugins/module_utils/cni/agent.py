@@ -191,11 +191,11 @@ def handle(conn: socket.socket, request: Request) -> None:
             conn.settimeout(COMMIT_TIMEOUT)
             conn.sendall(b"+")
             if conn.recv(1) != b"!":
-                log(f"{name} {env.get('CNI_COMMAND', '')}: the relay gave up before the acknowledgement; not run")
+                log_limited("late", f"{name} {env.get('CNI_COMMAND', '')}: the relay gave up before the acknowledgement; not run")
                 return
             conn.settimeout(None)
         except OSError as exc:
-            log(f"dropped a request: {exc}")
+            log_limited("drop", f"dropped a request: {exc}")
             return
         reply = encode_reply(*run(name, env, stdin))
         try:
@@ -272,7 +272,7 @@ class Inbox:
 
     def drop(self, conn: socket.socket, why: str = "") -> None:
         if why:
-            log(f"dropped a request: {why}")
+            log_limited("drop", f"dropped a request: {why}")
         self.pending.pop(conn, None)
         self.sel.unregister(conn)
         conn.close()
@@ -282,6 +282,9 @@ class Inbox:
         _deadline, buf = self.pending[conn]
         try:
             chunk = conn.recv(1 << 20)
+            if not chunk and not buf:  # a liveness probe (alive()): nothing to say
+                self.drop(conn)
+                return None
             if not chunk:
                 raise ValueError("request cut short")
             buf += chunk
@@ -325,6 +328,21 @@ def warm() -> List[str]:
 def log(msg: str) -> None:
     sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} cnikit-agent[{os.getpid()}]: {msg}\n")
     sys.stderr.flush()
+
+
+_quiet: Dict[str, Tuple[float, int]] = {}  # log_limited: per kind, end of its quiet second, lines held back
+
+
+def log_limited(kind: str, msg: str) -> None:
+    """log() at most once a second per kind of message: a flood of bad connections must not become
+    a flood of lines (or block on a full log pipe)."""
+    now = time.monotonic()
+    until, held = _quiet.get(kind, (0.0, 0))
+    if now < until:
+        _quiet[kind] = (until, held + 1)
+        return
+    _quiet[kind] = (now + 1.0, 0)
+    log(msg + (f" (and {held} more like it)" if held else ""))
 
 
 def alive(path: str) -> bool:
@@ -379,15 +397,15 @@ def accept(sock: socket.socket, inbox: Inbox) -> None:
             if inbox.pending:
                 inbox.drop(next(iter(inbox.pending)), f"accept: {exc.strerror}; dropped the oldest connection")
             else:
-                log(f"accept: {exc.strerror}")
+                log_limited("accept", f"accept: {exc.strerror}")
                 time.sleep(0.05)
         elif exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
-            log(f"accept: {exc}")
+            log_limited("accept", f"accept: {exc}")
             time.sleep(0.05)
         return
     why = peer_refusal(conn)
     if why:
-        log(f"refused a connection: {why}")
+        log_limited("peer", f"refused a connection: {why}")
         conn.close()
         return
     inbox.add(conn)
@@ -399,11 +417,11 @@ def dispatch(conn: socket.socket, request: Request, trusted: List[str], workers:
     try:
         request = (name, request_env(env, trusted), stdin)
     except ValueError as exc:
-        log(f"refused {name} {env.get('CNI_COMMAND', '')}: {exc}")
+        log_limited("env", f"refused {name} {env.get('CNI_COMMAND', '')}: {exc}")
         conn.close()
         return
     if not workers.submit(conn, request):
-        log(f"refused {name} {env.get('CNI_COMMAND', '')}: {workers.limit} requests in flight")
+        log_limited("busy", f"refused {name} {env.get('CNI_COMMAND', '')}: {workers.limit} requests in flight")
         conn.close()
 
 
