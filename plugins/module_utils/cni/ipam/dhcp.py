@@ -99,21 +99,38 @@ def encode_options(opts: List[Tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
+# Options whose value has a fixed size (RFC 2132), or a size that is a multiple of a unit with a
+# minimum: a reply carrying one of them with another length is malformed and dropped whole.
+FIXED_SIZE = {OPT_MSG_TYPE: 1, OPT_MASK: 4, OPT_SERVER_ID: 4, OPT_LEASE_TIME: 4, OPT_RENEWAL_TIME: 4,
+              OPT_REBINDING_TIME: 4, OPT_REQUESTED_IP: 4}
+UNIT_SIZE = {OPT_ROUTER: 4, 6: 4, OPT_STATIC_ROUTES: 8}  # router, DNS servers, static routes
+MIN_SIZE = {OPT_CLASSLESS: 5}
+
+
 def decode_options(data: bytes) -> Options:
+    """The options field, strictly: ValueError for a truncated option or a known option of the
+    wrong length (checked after RFC 3396 concatenation)."""
     opts: Options = {}
     i = 0
-    while i < len(data):
+    while True:
+        if i >= len(data):  # no end option: tolerated, as long as nothing is cut short
+            break
         code = data[i]
         if code == 255:
             break
         if code == 0:
             i += 1
             continue
-        if i + 1 >= len(data):
-            break
+        if i + 1 >= len(data) or i + 2 + data[i + 1] > len(data):
+            raise ValueError(f"option {code} truncated")
         size = data[i + 1]
         opts[code] = opts.get(code, b"") + data[i + 2:i + 2 + size]  # RFC 3396 concatenation
         i += 2 + size
+    for code, value in opts.items():
+        size = len(value)
+        if (code in FIXED_SIZE and size != FIXED_SIZE[code]) or size < MIN_SIZE.get(code, 0) \
+                or (code in UNIT_SIZE and (size == 0 or size % UNIT_SIZE[code])):
+            raise ValueError(f"option {code} has length {size}")
     return opts
 
 
@@ -145,17 +162,24 @@ def ip_udp(src: bytes, dst: bytes, payload: bytes) -> bytes:
 
 
 def parse_reply(frame: bytes, xid: int, mac: bytes) -> Optional[Tuple[bytes, Options]]:
-    """(yiaddr, options) if `frame` is a BOOTREPLY to us for transaction `xid`, else None."""
+    """(yiaddr, options) if `frame` is a well-formed DHCP BOOTREPLY to us for transaction `xid`,
+    else None: anything else on the wire - malformed included - is dropped, never raised."""
     if len(frame) < 28 or frame[0] >> 4 != 4 or frame[9] != socket.IPPROTO_UDP:
         return None
     ihl = (frame[0] & 0x0F) * 4
     udp = frame[ihl:]
-    if len(udp) < 8 + 240 or struct.unpack("!H", udp[2:4])[0] != CLIENT_PORT:
+    if ihl < 20 or len(udp) < 8 + 240 or struct.unpack("!H", udp[2:4])[0] != CLIENT_PORT:
         return None
     msg = udp[8:]
     if msg[0] != 2 or struct.unpack("!I", msg[4:8])[0] != xid or msg[28:34] != mac or msg[236:240] != MAGIC:
         return None
-    return msg[16:20], decode_options(msg[240:])
+    try:
+        opts = decode_options(msg[240:])
+    except ValueError:
+        return None
+    if OPT_MSG_TYPE not in opts:  # BOOTP, not DHCP
+        return None
+    return msg[16:20], opts
 
 
 def _flags(sock: socket.socket, ifname: str) -> int:
@@ -222,7 +246,7 @@ class Client:
                 if addr[2] == PACKET_OUTGOING:
                     continue
                 reply = parse_reply(frame, self.xid, self.mac)
-                if reply and reply[1].get(OPT_MSG_TYPE, b"\0")[0] in want:
+                if reply and reply[1][OPT_MSG_TYPE][0] in want:
                     return reply[0], reply[1], addr[4]
         raise CNIError(ERR, f"{self.client_id[1:].decode(errors='replace')}: no DHCP reply on "
                             f"{self.ifname} ({'DHCPOFFER' if msg_type == DISCOVER else 'DHCPACK'} timed out)")
@@ -486,6 +510,9 @@ def maintain(now: Optional[float] = None, lease_dir: str = LEASE_DIR) -> Dict[st
                 states[path] = maintain_one(path, record, time.time() if now is None else now)
             except (KeyError, TypeError, ValueError):
                 states[path] = "invalid"
+            except Exception as exc:  # noqa: BLE001 - one lease must never stop the others' renewal
+                sys.stderr.write(f"cnikit dhcp-renew: {path}: {type(exc).__name__}: {exc}\n")
+                states[path] = "failed"
             if states[path] == "gone":
                 # Without its netns or interface DEL could not RELEASE either: the record is
                 # dead weight (also one a renewal re-wrote just after a DEL removed it).
@@ -510,8 +537,11 @@ def serve(interval: float = 30.0) -> None:
     """Renew leases until killed: wake at the next T1, at least every `interval` seconds (new
     leases), sooner while a renewal is failing."""
     while True:
-        states = maintain()
-        due = next_due()
+        try:
+            states, due = maintain(), next_due()
+        except Exception as exc:  # noqa: BLE001 - the daemon outlives any one bad pass
+            sys.stderr.write(f"cnikit dhcp-renew: {type(exc).__name__}: {exc}\n")
+            states, due = {"pass": "failed"}, None
         pause = interval if due is None else min(interval, max(1.0, due - time.time()))
         if "failed" in states.values():
             pause = min(pause, 5.0)
