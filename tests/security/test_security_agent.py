@@ -31,27 +31,6 @@ EVIL = "#!/bin/sh\ntouch {marker}\nexit 0\n"
 ENVDUMP = "#!/bin/sh\nenv > {out}\nexit 0\n"
 
 
-@pytest.fixture
-def work(sandbox):
-    path = tempfile.mkdtemp(prefix="sec", dir="/run")  # root-owned 0700: a safe plugin dir
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def agents(work):
-    started = []
-
-    def start(**kw) -> Agent:
-        a = Agent(os.path.join(work, "agent.sock"), **kw)
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.stop()
-
-
 def plugin_dir(path: str, name: str, script: str, mode: int = 0o755) -> str:
     os.makedirs(path, exist_ok=True)
     os.chmod(path, mode)

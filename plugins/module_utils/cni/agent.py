@@ -217,6 +217,7 @@ class Workers:
         self.lock = threading.Lock()
         self.idle = 0  # idle workers not yet promised a job
         self.threads: Set[threading.Thread] = set()
+        self.home = link.thread_netns_id()  # where every idle worker must be
 
     def submit(self, conn: socket.socket, request: Request) -> bool:
         """Hand the request to a worker; False (nothing taken) when `limit` workers are busy."""
@@ -238,8 +239,11 @@ class Workers:
             if job is None:
                 return
             handle(*job)
+            stray = link.thread_netns_id() != self.home
+            if stray:  # it could not switch back from a container's netns: never reuse it
+                log("a worker was left in another network namespace; discarded")
             with self.lock:
-                if self.idle >= self.keep:
+                if stray or self.idle >= self.keep:
                     self.threads.discard(threading.current_thread())
                     return
                 self.idle += 1

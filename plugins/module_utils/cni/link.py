@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import stat
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import spec
+from . import faults, spec
 from .spec import CNIError
 
 CLONE_NEWNET = 0x40000000
@@ -29,12 +31,27 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace fd: its CLONE_NEW* type (Linux 4.11)
+
+
 def open_netns(path: str) -> int:
-    """Open a netns path (a /run/netns bind mount or /proc/<pid>/ns/net) read-only."""
+    """Open a netns path (a /run/netns bind mount or /proc/<pid>/ns/net) read-only. Only a regular
+    file is opened, non-blocking (a FIFO or a device named as CNI_NETNS is never opened: it could
+    hang the caller or act on the device), and the fd must be a network namespace."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(errno.EINVAL, "not a network namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise NetnsNotFound(path, exc) from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = -1
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise NetnsNotFound(path, OSError(errno.EINVAL, "not a network namespace"))
+    return fd
 
 
 class NetnsNotFound(CNIError):
@@ -60,6 +77,7 @@ def in_netns(path: Optional[str]) -> Iterator[None]:
         try:
             yield
         finally:
+            faults.point("link.restore_netns")  # tests: a thread left in the target netns
             _setns(origin)
     finally:
         os.close(target)
@@ -696,6 +714,12 @@ def move_link(ipr: Any, index: int, netns_fd: int, new_name: Optional[str] = Non
     if new_name:
         attrs["ifname"] = new_name
     set_link(ipr, index, **attrs)
+
+
+def thread_netns_id() -> Tuple[int, int]:
+    """(dev, inode) of the calling thread's netns: equal ids, same netns."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
 
 
 def current_netns_fd() -> int:
