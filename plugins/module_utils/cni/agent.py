@@ -30,7 +30,6 @@ import resource
 import selectors
 import signal
 import socket
-import stat
 import struct
 import sys
 import threading
@@ -38,7 +37,7 @@ import time
 from collections import OrderedDict
 from typing import Dict, List, Optional, Set, Tuple
 
-from . import link, registry, skel, spec
+from . import fsutil, link, registry, skel, spec
 from .spec import CNIError
 
 DEFAULT_SOCKET = "/run/cni/cnikit.sock"
@@ -80,32 +79,11 @@ def peer_refusal(conn: socket.socket) -> Optional[str]:
     return None
 
 
-def safe_dir(path: str) -> Optional[str]:
-    """Why `path` is no place to exec (or keep state) from as root, None if it is: it must be a
-    directory owned by root or the agent's user, not group/world-writable, and so must each parent."""
-    real = os.path.realpath(path)
-    probe = real
-    while True:
-        try:
-            st = os.stat(probe)
-        except OSError as exc:
-            return f"{probe}: {exc.strerror}"
-        if probe == real and not stat.S_ISDIR(st.st_mode):
-            return f"{probe} is not a directory"
-        if st.st_uid not in (0, os.geteuid()):
-            return f"{probe} is owned by uid {st.st_uid}"
-        if st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and probe != real):
-            return f"{probe} is group- or world-writable"
-        if probe == "/":
-            return None
-        probe = os.path.dirname(probe)
-
-
 def trusted_dirs(dirs: List[str]) -> List[str]:
     """The agent's plugin dirs (real paths) that are safe to exec from; the others are logged and dropped."""
     kept = []
     for path in dirs:
-        why = safe_dir(path)
+        why = fsutil.unsafe_dir(path)
         if why:
             log(f"not executing plugins from {path}: {why}")
         else:
@@ -127,7 +105,7 @@ def request_env(env: Dict[str, str], trusted: List[str]) -> Dict[str, str]:
     for entry in (p for p in out["CNI_PATH"].split(os.pathsep) if p):
         real = os.path.realpath(entry)
         if any(real == top or real.startswith(top.rstrip("/") + "/") for top in trusted):
-            if safe_dir(real) is None:
+            if fsutil.unsafe_dir(real) is None:
                 kept.append(entry)
                 continue
         if os.path.lexists(entry):
@@ -362,12 +340,12 @@ def alive(path: str) -> bool:
 
 def listen(path: str) -> socket.socket:
     """Bind `path` (mode 0600) atomically: a stale socket from a killed agent is replaced, a live
-    agent is left alone. The directory must be safe (safe_dir): whoever can write to it can put
+    agent is left alone. The directory must be safe (fsutil.unsafe_dir): whoever can write to it can put
     their own socket in our place."""
     if alive(path):
         raise CNIError(spec.ERR_INTERNAL, f"an agent already listens on {path}")
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    why = safe_dir(os.path.dirname(path) or ".")
+    why = fsutil.unsafe_dir(os.path.dirname(path) or ".")
     if why:
         raise CNIError(spec.ERR_INTERNAL, f"refusing to listen on {path}: {why}")
     tmp = f"{path}.{os.getpid()}"

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import link, runtime, skel, spec
+from . import fsutil, link, runtime, skel, spec
 from .spec import CNIError
 
 NETNS_DIR = "/run/netns"
@@ -671,17 +671,7 @@ def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_
             os.unlink(path)
         else:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                os.chmod(tmp, mode)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            fsutil.write_atomic(path, text.encode(), mode)
     return Change(changed, {"path": path, "content": current or ""}, {"path": path, "content": text or ""})
 
 

@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import faults, invoke, registry, skel, spec
+from . import faults, fsutil, invoke, registry, skel, spec
 from .spec import CNIError
 
 log = logging.getLogger(__name__)
@@ -499,12 +499,8 @@ class Runtime:
         tail = "".join(f',"{k}":{go_json(cached[k], sort_keys=True)}' for k in ("capabilityArgs", "result")
                        if k in cached)
         path = self.cache_path(net.name, rt)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text[:-1] + tail + "}")
-        os.replace(tmp, path)
+        fsutil.state_dir(os.path.dirname(path), 0o700)
+        fsutil.write_atomic(path, (text[:-1] + tail + "}").encode(), 0o600)
 
     def _cache_read(self, net: NetworkConfigList, rt: RuntimeConf) -> Optional[Dict[str, Any]]:
         """The cached entry (None if absent); CNIError if it is unreadable or of another kind."""

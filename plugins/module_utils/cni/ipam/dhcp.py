@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import link, skel, spec
+from .. import fsutil, link, skel, spec
 from ..plugins import Plugin
 from ..spec import CNIError
 
@@ -366,11 +366,8 @@ def lease_path(net: str, cid: str, ifname: str) -> str:
 
 
 def write_lease(path: str, record: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, path)
+    fsutil.state_dir(os.path.dirname(path), 0o700)
+    fsutil.write_atomic(path, json.dumps(record).encode(), 0o600)
 
 
 def read_lease(path: str) -> Optional[Dict[str, Any]]:

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import link, skel, spec
+from .. import fsutil, link, skel, spec
 from ..spec import CNIError
 from . import Conf, Plugin, Result, conf_field, prev_result
 
@@ -207,12 +207,8 @@ def _original(ipr: Any, dev: Dict[str, Any], s: Dict[str, Any]) -> Dict[str, Any
 
 
 def _write_backup(path: str, data: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(json.dumps(data, indent=1))  # Go json.MarshalIndent(config, "", " ")
-    os.replace(tmp, path)
+    fsutil.state_dir(os.path.dirname(path), 0o700)
+    fsutil.write_atomic(path, json.dumps(data, indent=1).encode(), 0o600)  # Go json.MarshalIndent(config, "", " ")
 
 
 def _remove(path: str) -> None:
