@@ -90,3 +90,21 @@ def test_unsafe_state_dirs_are_refused(sandbox, tmp_path, how):
         lease_dir.mkdir(mode=0o777)
         os.chmod(lease_dir, 0o777)
         dhcp.write_lease(str(lease_dir / "x.json"), {})
+
+
+def test_runtime_del_validates_ifname_before_using_it_in_a_path(sandbox, tmp_path):
+    """L6: `x/../../victim` as ifname made DEL read - and, not being a cache entry, delete -
+    <cache dir>/victim."""
+    cache = tmp_path / "cache"
+    (cache / "results" / "secnet-c1-x").mkdir(parents=True)
+    victim = cache / "victim"
+    victim.write_text("precious\n")
+    rt = runtime.Runtime(cache_dir=str(cache), cni_path=["/nonexistent"])
+    net = runtime.network_from_dict({"cniVersion": "1.0.0", "name": "secnet", "plugins": [
+        {"type": "host-local", "ipam": {"type": "host-local", "subnet": "10.46.4.0/24", "dataDir": str(tmp_path / "data")}}]})
+    with pytest.raises(runtime.CNIError) as err:
+        rt.delete(net, runtime.RuntimeConf(container_id="c1", netns="", ifname="x/../../victim"))
+    assert err.value.code == 4 and "interface name" in err.value.msg
+    assert victim.read_text() == "precious\n"
+    with pytest.raises(runtime.CNIError):
+        rt.cache_path("secnet", runtime.RuntimeConf(container_id="../c1", ifname="eth0"))

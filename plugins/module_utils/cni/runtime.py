@@ -411,6 +411,7 @@ class Runtime:
         even if an earlier one failed; errors are joined. The cache entry goes only when all succeed."""
         skel.validate_container_id(rt.container_id)
         spec.validate_name(net.name)
+        skel.validate_ifname(rt.ifname)  # it becomes part of the cache file's path
         prev = None
         cached = None
         if spec.version_ge(net.cni_version or "0.1.0", "0.4.0"):
@@ -481,6 +482,9 @@ class Runtime:
         if not net_name or not rt.container_id or not rt.ifname:
             raise CNIError(spec.ERR_INVALID_ENV, "cache file path requires network name, container ID and "
                            f"interface name ({net_name!r}, {rt.container_id!r}, {rt.ifname!r})")
+        spec.validate_name(net_name)  # each a single path component, whichever verb asks
+        skel.validate_container_id(rt.container_id)
+        skel.validate_ifname(rt.ifname)
         return os.path.join(self.cache_dir, "results", f"{net_name}-{rt.container_id}-{rt.ifname}")
 
     def _cache_write(self, net: NetworkConfigList, rt: RuntimeConf, result: Dict[str, Any]) -> None:
