@@ -46,6 +46,7 @@ OPT_RENEWAL_TIME, OPT_REBINDING_TIME = 58, 59
 OPTION_NAMES = {"dhcp-client-identifier": OPT_CLIENT_ID, "subnet-mask": OPT_MASK, "routers": OPT_ROUTER,
                 "host-name": 12, "user-class": 77, "vendor-class-identifier": 60}
 DEFAULT_REQUEST = (OPT_ROUTER, OPT_MASK)
+MAX_TIMEOUT = 3600  # ipam.timeout: an ADD that waits longer than this is a config error (1e999 is inf)
 FIRST_RESEND = 1.0  # Go waits 4 s before the first resend; on a LAN 1 s doubling is plenty
 
 Options = Dict[int, bytes]
@@ -386,9 +387,9 @@ class Dhcp(Plugin):
     def add(self, ctx: skel.Context, conf: Dict[str, Any]) -> Dict[str, Any]:
         request, provide = prepare_options(conf, ctx.environ.get("CNI_ARGS", ""))
         timeout = (conf.get("ipam") or {}).get("timeout", 10)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise CNIError(spec.ERR_INVALID_CONFIG, "ipam.timeout must be a positive number of seconds",
-                           repr(timeout))
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid ipam.timeout {timeout!r}: must be between 0 and "
+                           f"{MAX_TIMEOUT} seconds")
         path = lease_path(conf["name"], ctx.container_id, ctx.ifname)
         with link.in_netns(ctx.netns):
             set_link_state(ctx.ifname, up=True, wait_carrier=True)  # Go's daemon sets it up too
@@ -397,11 +398,13 @@ class Dhcp(Plugin):
             yiaddr, opts, server_mac = client.acquire(request, provide, timeout)
             try:  # from here on the server holds a lease for us: a failed ADD gives it back
                 result = lease_result(yiaddr, opts)
-                write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time()))
-            except BaseException as exc:
+                try:
+                    write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time()))
+                except (OSError, CNIError) as exc:
+                    why = link.errstr(exc) if isinstance(exc, OSError) else exc.msg
+                    raise CNIError(ERR, f"failed to record DHCP lease: {why}") from None
+            except BaseException:
                 client.release(yiaddr, opts.get(OPT_SERVER_ID, b"\0" * 4), server_mac)
-                if isinstance(exc, OSError):
-                    raise CNIError(ERR, f"failed to record DHCP lease: {link.errstr(exc)}") from None
                 raise
         finally:
             client.close()

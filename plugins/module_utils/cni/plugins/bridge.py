@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, gc_masquerade, prev_result
+from . import MTU_RANGE, Conf, Plugin, Result, conf_field, gc_masquerade, prev_result
 
 OPER_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # Go: how long the host veth may take to come up
 
@@ -33,7 +33,7 @@ class Bridge(Plugin):
         for key in ("isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "hairpinMode", "promiscMode",
                     "macspoofchk", "enabledad"):
             n[key] = conf_field(conf, key, bool, False)
-        n["mtu"] = conf_field(conf, "mtu", int, 0)
+        n["mtu"] = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         n["vlan"] = conf_field(conf, "vlan", int, 0)
         n["backend"] = conf_field(conf, "ipMasqBackend", str, None)
         if n["vlan"] < 0 or n["vlan"] > 4094:

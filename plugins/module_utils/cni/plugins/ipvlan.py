@@ -12,7 +12,7 @@ import os
 from typing import Any, Optional
 
 from .. import ipam, link, skel
-from . import Conf, Result, conf_field, prev_result
+from . import MTU_RANGE, Conf, Result, conf_field, prev_result
 from .single import SingleLinkPlugin, mode_field
 
 MODES = {"l2": 0, "l3": 1, "l3s": 2}  # IPVLAN_MODE_*; the first is the default
@@ -32,7 +32,7 @@ class Ipvlan(SingleLinkPlugin):
         raise link.fail("chained master failure. PrevResult lacks a single named interface")
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        mtu = conf_field(conf, "mtu", int, 0)
+        mtu = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         prev = prev_result(conf, required=False)
         preset = prev if not ipam.ipam_type(conf) and prev is not None and prev["ips"] else None
         if preset is None and not ipam.ipam_type(conf):
@@ -52,7 +52,7 @@ class Ipvlan(SingleLinkPlugin):
         return self.finish_add(ctx, conf, made, preset)
 
     def validate_del(self, ctx: skel.Context, conf: Conf) -> None:
-        conf_field(conf, "mtu", int, 0)
+        conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         self.check_mode(ctx, conf, MODES, "IFLA_IPVLAN_MODE")

@@ -11,7 +11,7 @@ import os
 from typing import Any, Dict
 
 from .. import link, skel
-from . import Conf, Result, conf_field
+from . import MTU_RANGE, Conf, Result, conf_field
 from .single import SingleLinkPlugin, mode_field
 
 MODES = {"bridge": 4, "private": 1, "vepa": 2, "passthru": 8}  # MACVLAN_MODE_*; the first is the default
@@ -22,7 +22,7 @@ class Macvlan(SingleLinkPlugin):
 
     def load(self, ctx: skel.Context, conf: Conf, ipr: Any, lookup_master: bool = True) -> Dict[str, Any]:
         """Go loadConf: master (default route dev), MTU bound by the master's, MAC precedence."""
-        n: Dict[str, Any] = {"master": conf_field(conf, "master", str, ""), "mtu": conf_field(conf, "mtu", int, 0),
+        n: Dict[str, Any] = {"master": conf_field(conf, "master", str, ""), "mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE),
                              "mac": conf_field(conf, "mac", str, "")}
         runtime = conf_field(conf, "runtimeConfig", dict, {})
         if lookup_master:

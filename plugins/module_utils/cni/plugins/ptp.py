@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import faults, ipam, link, netfilter, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, gc_masquerade
+from . import MTU_RANGE, Conf, Plugin, Result, conf_field, gc_masquerade
 from .single import check_container, check_prelude
 
 
@@ -23,7 +23,7 @@ class Ptp(Plugin):
     name = "ptp"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        mtu = conf_field(conf, "mtu", int, 0)
+        mtu = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         masq = conf_field(conf, "ipMasq", bool, False)
         backend = conf_field(conf, "ipMasqBackend", str, None)
         got = ipam.delegate("ADD", ctx, conf)
@@ -90,7 +90,7 @@ class Ptp(Plugin):
         super().gc(ctx, conf)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        conf_field(conf, "mtu", int, 0)
+        conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         result, cont = check_prelude(ctx, conf, "ptp: Required prevResult missing")
         check_container(ctx, result, cont, "veth", "veth/p2p", prefix="ptp: ")
         if conf_field(conf, "ipMasq", bool, False):

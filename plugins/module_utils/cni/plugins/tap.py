@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import link, skel, spec
 from ..spec import CNIError
-from . import Conf, Result, conf_field
+from . import MTU_RANGE, Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 
@@ -19,7 +19,7 @@ class Tap(SingleLinkPlugin):
     name = "tap"
 
     def load(self, ctx: skel.Context, conf: Conf) -> dict:
-        n = {"mtu": conf_field(conf, "mtu", int, 0), "mac": conf_field(conf, "mac", str, ""),
+        n = {"mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE), "mac": conf_field(conf, "mac", str, ""),
              "multiQueue": conf_field(conf, "multiQueue", bool, False), "owner": conf_field(conf, "owner", int),
              "group": conf_field(conf, "group", int), "bridge": conf_field(conf, "bridge", str, "")}
         if conf_field(conf, "selinuxContext", str, ""):

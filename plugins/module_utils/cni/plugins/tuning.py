@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import fsutil, link, skel, spec
 from ..spec import CNIError
-from . import Conf, Plugin, Result, conf_field, prev_result
+from . import MTU_RANGE, Conf, Plugin, Result, check_range, conf_field, prev_result
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
@@ -36,7 +36,7 @@ class Tuning(Plugin):
         s: Dict[str, Any] = {"sysctl": sysctl,
                              "mac": conf_field(conf, "mac", str, "", "TuningConf"),
                              "promisc": conf_field(conf, "promisc", bool, False, "TuningConf"),
-                             "mtu": conf_field(conf, "mtu", int, 0, "TuningConf"),
+                             "mtu": conf_field(conf, "mtu", int, 0, "TuningConf", MTU_RANGE),
                              "allmulti": conf_field(conf, "allmulti", bool, None, "TuningConf"),
                              "dataDir": conf_field(conf, "dataDir", str, "", "TuningConf") or DEFAULT_DATA_DIR}
         env_mac = skel.load_args(ctx.args, {"MAC": str}).get("MAC")
@@ -55,8 +55,9 @@ class Tuning(Plugin):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in sysctl.items()):
             raise CNIError(spec.ERR_INVALID_CONFIG, "sysctl keys and values must be strings")
         s["mac"] = link.mac_arg(s["mac"], spec.ERR_INVALID_CONFIG) or s["mac"]
-        if not isinstance(s["mtu"], int) or isinstance(s["mtu"], bool) or s["mtu"] < 0:
+        if not isinstance(s["mtu"], int) or isinstance(s["mtu"], bool):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid mtu {s['mtu']!r}")
+        check_range("mtu", s["mtu"], MTU_RANGE)  # args.cni may override it past conf_field
         if ".." in s["dataDir"].split("/"):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid dataDir {s['dataDir']!r}")
         return s

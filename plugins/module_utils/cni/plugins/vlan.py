@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict
 
 from .. import ipam, link, skel
-from . import Conf, Result, conf_field
+from . import MTU_RANGE, Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 
@@ -22,7 +22,7 @@ class Vlan(SingleLinkPlugin):
 
     def load(self, conf: Conf) -> Dict[str, Any]:
         n = {"master": conf_field(conf, "master", str, ""), "vlanId": conf_field(conf, "vlanId", int, 0),
-             "mtu": conf_field(conf, "mtu", int, 0)}
+             "mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)}
         if not n["master"]:
             raise link.fail('"master" field is required. It specifies the host interface name to create the VLAN '
                             "for.")
