@@ -110,7 +110,7 @@ def test_fuzz_dhcp_replies():
             result = dhcp.lease_result(yiaddr, opts)
         except CNIError:
             return  # a clean protocol error (no mask, no lease time, a bad mask)
-        record = dhcp.lease_record(Probe(), yiaddr, opts, b"\x02" * 6, "/run/netns/x", 0.0)
+        record = dhcp.lease_record(Probe(), yiaddr, opts, b"\x02" * 6, "/run/netns/x", 0.0, (1, 2))
         json.dumps(record)
         assert 0 <= record["t1"] <= record["t2"] <= record["leaseTime"]
         assert result["ips"][0]["address"].startswith(record["ip"] + "/")
@@ -210,3 +210,22 @@ def test_hostile_server_does_not_kill_renewal(lab):
     with open(path, "rb") as fh:
         assert fh.read() == before  # the lease state is intact, retried on the next pass
     assert cnitest.run("dhcp", "DEL", conf(), cid="hr", netns=f"/run/netns/{lab.pod}").rc == 0
+
+
+# --- expiry acts only on the lease's own netns and interface (L3) ------------------------------
+
+@pytest.mark.parametrize("swap", ["netns-recreated", "interface-replaced"])
+def test_expiry_never_downs_someone_elses_interface(lab, swap):
+    lab.start()
+    assert cnitest.run("dhcp", "ADD", conf(6), cid="ex", netns=f"/run/netns/{lab.pod}").rc == 0
+    path = "/run/cni/dhcp/dnet/ex:eth0.json"
+    with open(path) as fh:
+        record = json.load(fh)
+    if swap == "netns-recreated":  # the pod is gone; a new netns got its path and an eth0 of its own
+        cnitest.sh(f"ip netns del {lab.pod} && ip netns add {lab.pod}")
+    else:  # same netns, the name now belongs to another interface
+        cnitest.sh(f"ip -n {lab.pod} link del eth0")
+    cnitest.sh(f"ip -n {lab.pod} link add eth0 type veth peer name other0 && ip -n {lab.pod} link set eth0 up")
+    assert dhcp.maintain(now=record["acquired"] + record["leaseTime"] + 1)[path] == "gone"
+    assert "UP" in cnitest.ip_json("link show eth0", lab.pod)[0]["flags"]  # left alone
+    assert not os.path.exists(path)

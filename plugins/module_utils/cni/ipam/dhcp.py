@@ -342,8 +342,9 @@ def _seconds(opts: Options, code: int) -> Optional[int]:
 
 
 def lease_record(client: Client, yiaddr: bytes, opts: Options, server_mac: bytes, netns: str,
-                 now: float) -> Dict[str, Any]:
-    """What DEL and renewal need; T1/T2 defaulted as Go's DHCPLease.commit does."""
+                 now: float, netns_id: Tuple[int, int]) -> Dict[str, Any]:
+    """What DEL and renewal need; T1/T2 defaulted as Go's DHCPLease.commit does. `netns_id` is the
+    netns the lease was taken in (link.thread_netns_id): renewal acts only where it still opens."""
     lease = _seconds(opts, OPT_LEASE_TIME) or 0
     t2 = _seconds(opts, OPT_REBINDING_TIME)
     t2 = lease * 85 // 100 if t2 is None or t2 > lease else t2
@@ -351,7 +352,7 @@ def lease_record(client: Client, yiaddr: bytes, opts: Options, server_mac: bytes
     t1 = lease // 2 if t1 is None or t1 > t2 else t1
     return {"clientID": client.client_id.hex(), "ip": _ip(yiaddr),
             "server": _ip(opts.get(OPT_SERVER_ID, b"\0" * 4)), "serverMAC": server_mac.hex(),
-            "mac": client.mac.hex(), "netns": netns, "ifname": client.ifname,
+            "mac": client.mac.hex(), "netns": netns, "netnsID": list(netns_id), "ifname": client.ifname,
             "leaseTime": lease, "t1": t1, "t2": t2, "acquired": now}
 
 
@@ -394,12 +395,13 @@ class Dhcp(Plugin):
         with link.in_netns(ctx.netns):
             set_link_state(ctx.ifname, up=True, wait_carrier=True)  # Go's daemon sets it up too
             client = Client(ctx.ifname, client_id(ctx.container_id, conf["name"], ctx.ifname))
+            netns_id = link.thread_netns_id()
         try:
             yiaddr, opts, server_mac = client.acquire(request, provide, timeout)
             try:  # from here on the server holds a lease for us: a failed ADD gives it back
                 result = lease_result(yiaddr, opts)
                 try:
-                    write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time()))
+                    write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time(), netns_id))
                 except (OSError, CNIError) as exc:
                     why = link.errstr(exc) if isinstance(exc, OSError) else exc.msg
                     raise CNIError(ERR, f"failed to record DHCP lease: {why}") from None
@@ -469,22 +471,30 @@ def maintain_one(path: str, record: Dict[str, Any], now: float, timeout: float =
     if now < acquired + record["t1"]:
         return "bound"
     ip, server = socket.inet_aton(record["ip"]), socket.inet_aton(record["server"])
+    netns_id = record.get("netnsID")
     try:
         with link.in_netns(record["netns"]):
+            # Only the netns and the interface the lease was taken on: the path may now open another
+            # netns, the name may now be another interface (a record without the netns id predates
+            # this check and is not acted on either).
+            if not isinstance(netns_id, list) or tuple(netns_id) != link.thread_netns_id():
+                return "gone"
+            client = Client(record["ifname"], bytes.fromhex(record["clientID"]))
+            if client.mac.hex() != record["mac"]:
+                client.close()
+                return "gone"
             if now >= acquired + record["leaseTime"]:
+                client.close()
                 set_link_state(record["ifname"], up=False)
                 return "expired"
-            client = Client(record["ifname"], bytes.fromhex(record["clientID"]))
     except (OSError, CNIError):
         return "gone"
     rebind = now >= acquired + record["t2"]
     try:
-        if client.mac.hex() != record["mac"]:
-            return "gone"  # another interface now carries the name
         _, opts, server_mac = client.renew(ip, server, bytes.fromhex(record["serverMAC"]), rebind, timeout)
         if opts[OPT_MSG_TYPE][0] != ACK:
             return "failed"
-        write_lease(path, lease_record(client, ip, opts, server_mac, record["netns"], time.time()))
+        write_lease(path, lease_record(client, ip, opts, server_mac, record["netns"], time.time(), tuple(netns_id)))
         return "rebound" if rebind else "renewed"
     except (OSError, CNIError):
         return "failed"
