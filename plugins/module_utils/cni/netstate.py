@@ -655,7 +655,7 @@ def file_mode(mode: Any) -> int:
     return value
 
 
-def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_mode: bool = False) -> Change:
+def ensure_config_file(path: str, text: Optional[str], mode: int = 0o600, check_mode: bool = False) -> Change:
     """Write `text` to `path` atomically (tmp + rename) when it differs; None removes the file."""
     try:
         with open(path, encoding="utf-8") as fh:
