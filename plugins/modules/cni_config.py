@@ -48,7 +48,7 @@ options:
     type: path
     default: /etc/cni/net.d
   mode:
-    description: File mode.
+    description: File mode (0600 - CIS Kubernetes benchmark 1.1.9/1.1.10 for CNI files).
     type: raw
     default: '0600'
   validate_plugins:
