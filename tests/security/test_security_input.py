@@ -40,7 +40,7 @@ MTU_PLUGINS = {
 }
 
 
-@pytest.mark.parametrize("value", [-1, 65536, 2 ** 31, 2 ** 70, -(2 ** 70)])
+@pytest.mark.parametrize("value", [-1, 65536, 2 ** 70])  # every other extreme: the integer-extremes fuzz
 @pytest.mark.parametrize("ptype", sorted(MTU_PLUGINS) + ["tuning"])
 def test_mtu_out_of_range_is_a_config_error_before_netlink(sandbox, netns, tmp_path, ptype, value):
     conf = {"cniVersion": "1.0.0", "name": "secmtu", "type": ptype, "mtu": value, **MTU_PLUGINS.get(ptype, {}),

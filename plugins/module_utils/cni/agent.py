@@ -106,7 +106,7 @@ def request_env(env: Dict[str, str], trusted: List[str]) -> Dict[str, str]:
         real = os.path.realpath(entry)
         if any(real == top or real.startswith(top.rstrip("/") + "/") for top in trusted):
             if fsutil.unsafe_dir(real) is None:
-                kept.append(entry)
+                kept.append(real)  # resolved now: a link swapped later does not move it
                 continue
         if os.path.lexists(entry):
             raise ValueError(f"CNI_PATH entry {entry!r} is not one of the agent's plugin dirs")
