@@ -10,10 +10,10 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import cnitest
-from cni import agent as agent_mod
+from cni.node import agent as agent_mod
 
 PY = os.path.join(cnitest.ROOT, ".venv", "bin", "python3")
-ENGINE = "import sys; sys.path.insert(0, sys.argv[1]); from cni.main import main; sys.exit(main(sys.argv[2:]))"
+ENGINE = "import sys; sys.path.insert(0, sys.argv[1]); from cni.node.main import main; sys.exit(main(sys.argv[2:]))"
 
 
 class Agent:

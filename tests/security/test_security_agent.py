@@ -25,7 +25,7 @@ import pytest
 
 import cnitest
 from agentutil import PY, Agent, raw_call, request_bytes
-from cni import main as cni_main
+from cni.node import installer
 
 EVIL = "#!/bin/sh\ntouch {marker}\nexit 0\n"
 ENVDUMP = "#!/bin/sh\nenv > {out}\nexit 0\n"
@@ -131,7 +131,7 @@ def test_peer_in_other_namespaces_is_refused(work, agents, unshare):
 def test_relay_in_another_mount_namespace_falls_back_in_process(work, agents):
     running = agents()
     bdir = os.path.join(work, "bin")
-    cni_main.write_executables(bdir, PY, cnitest.LIB, ["host-local"], socket=running.sock)
+    installer.write_executables(bdir, PY, cnitest.LIB, ["host-local"], socket=running.sock)
     name, env, stdin = host_local_request(work, "ns2")
     proc = subprocess.run(["unshare", "--mount", os.path.join(bdir, name)], env=env, input=stdin,
                           capture_output=True, timeout=60, check=False)
@@ -164,7 +164,7 @@ def test_relay_refuses_a_listener_that_is_not_root(work, kind):
             assert fake.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         bdir = os.path.join(work, f"bin-{kind}")
-        cni_main.write_executables(bdir, PY, cnitest.LIB, ["host-local"], socket=sock,
+        installer.write_executables(bdir, PY, cnitest.LIB, ["host-local"], socket=sock,
                                    cc=None if kind == "compiled" else "")
         name, env, stdin = host_local_request(work, "fk1")
         out = cnitest.exec_plugin(os.path.join(bdir, name), env, stdin)
@@ -180,7 +180,7 @@ def test_agent_refuses_an_unsafe_socket_dir(work):
     shared = os.path.join(work, "shared")
     os.mkdir(shared)
     os.chmod(shared, 0o777)
-    proc = subprocess.run([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from cni.main import main; "
+    proc = subprocess.run([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from cni.node.main import main; "
                            "sys.exit(main(sys.argv[2:]))", cnitest.LIB, "cnikit", "agent", "--socket",
                            os.path.join(shared, "agent.sock"), "--cni-path", work],
                           capture_output=True, text=True, timeout=60, check=False)
@@ -239,7 +239,7 @@ def test_a_thousand_idle_connections_do_not_starve_the_agent(work, agents):
         assert threads(running.proc.pid) <= 3, "idle connections hold threads"
         assert len(leases(work)) == 5
         bdir = os.path.join(work, "bin")
-        cni_main.write_executables(bdir, "/nonexistent/python3", cnitest.LIB, ["host-local"], socket=running.sock)
+        installer.write_executables(bdir, "/nonexistent/python3", cnitest.LIB, ["host-local"], socket=running.sock)
         name, env, stdin = host_local_request(work, "relay1")
         assert cnitest.exec_plugin(os.path.join(bdir, name), env, stdin).rc == 0  # through the agent
     finally:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import cnitest
 from cni.ipam import dhcp
-from cni.spec import CNIError
+from cni.protocol.spec import CNIError
 from dhcplab import DNSMASQ, Lab
 
 SCALE = int(os.environ.get("CNIKIT_FUZZ_SCALE", "1"))

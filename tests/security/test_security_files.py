@@ -13,9 +13,11 @@ import os
 import pytest
 
 import cnitest
-from cni import fsutil, netstate, runtime
+from cni import runtime
+from cni.protocol import fsutil
+from cni.state import netstate
 from cni.ipam import dhcp
-from cni.plugins import tuning
+from cni.plugins.meta import tuning
 
 
 @pytest.fixture

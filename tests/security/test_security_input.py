@@ -78,7 +78,7 @@ def test_dhcp_timeout_infinity_is_refused(sandbox, netns):
 
 
 def test_pyroute2_logging_never_reaches_stderr(sandbox):
-    program = ("import sys, logging; sys.path.insert(0, sys.argv[1]); from cni import link; link.iproute().close(); "
+    program = ("import sys, logging; sys.path.insert(0, sys.argv[1]); from cni.net import rtnl; rtnl.iproute().close(); "
                "logging.getLogger('pyroute2.netlink.nlsocket').error('a pyroute2 complaint')")
     proc = subprocess.run([cnitest.ROOT + "/.venv/bin/python3", "-I", "-c", program, cnitest.LIB],
                           capture_output=True, text=True, timeout=60, check=True)

@@ -47,7 +47,7 @@ def test_cni_netns_that_is_no_netns_is_refused_without_hanging(work, agents, kin
 
 
 def test_a_worker_that_cannot_switch_back_is_discarded(work, agents, netns):
-    running = agents(env={"CNIKIT_FAULT": "link.restore_netns@1:raise"})
+    running = agents(env={"CNIKIT_FAULT": "net.restore_netns@1:raise"})
     pid = running.proc.pid
     home = os.stat(f"/proc/{pid}/ns/net").st_ino
     acked, raw = raw_call(running.sock, *loopback(f"/run/netns/{netns}", work))

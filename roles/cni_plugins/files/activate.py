@@ -21,7 +21,8 @@ import tempfile
 libdir, python, dest, names, exclude = sys.argv[1:6]
 check = "--check" in sys.argv[6:]
 sys.path.insert(0, libdir)
-from cni import main, registry  # noqa: E402
+from cni.node import installer  # noqa: E402
+from cni.protocol import registry  # noqa: E402
 
 wanted = [n for n in (names.split(",") if names else registry.PLUGINS) if n and n not in exclude.split(",")]
 
@@ -36,10 +37,10 @@ def same(a, b):
 
 # what write_executables would write, compared byte for byte with what is there
 with tempfile.TemporaryDirectory() as scratch:
-    main.write_executables(scratch, python, libdir, wanted)
+    installer.write_executables(scratch, python, libdir, wanted)
     stale = [n for n in wanted + ["cnikit"] if not same(os.path.join(scratch, n), os.path.join(dest, n))]
 if stale and not check:
-    main.write_executables(dest, python, libdir, wanted)
+    installer.write_executables(dest, python, libdir, wanted)
 # older versions: no launcher points at them any more (the swap above is atomic per file). Only our
 # own releases go: a digest name holding our marker (or, installed before the marker, our engine);
 # anything else that shares the lib dir (a venv, another tool's files) is never touched.
@@ -50,7 +51,9 @@ DIGEST = re.compile(r"^[0-9a-f]{16}$")
 def is_release(path):
     if not DIGEST.match(os.path.basename(path)) or os.path.islink(path) or not os.path.isdir(path):
         return False
-    legacy = all(os.path.isfile(os.path.join(path, "cni", f)) for f in ("main.py", "registry.py", "agent.py"))
+    legacy = any(all(os.path.isfile(os.path.join(path, "cni", f)) for f in files)  # before and after the reshape
+                 for files in (("main.py", "registry.py", "agent.py"),
+                               ("node/main.py", "protocol/registry.py", "node/agent.py")))
     return os.path.isfile(os.path.join(path, MARKER)) or legacy
 
 

@@ -26,9 +26,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import fsutil, link, skel, spec
-from ..plugins import Plugin
-from ..spec import CNIError
+from ..net import link, ns, rtnl
+from ..protocol import fsutil, skel, spec
+from ..protocol.plugin import Plugin
+from ..protocol.spec import CNIError
 
 ERR = spec.ERR_INTERNAL
 LEASE_DIR = "/run/cni/dhcp"
@@ -202,7 +203,7 @@ def set_link_state(ifname: str, up: bool, wait_carrier: bool = False) -> None:
             while time.monotonic() < deadline and not _flags(sock, ifname) & IFF_RUNNING:
                 time.sleep(0.005)
         except OSError as exc:
-            raise CNIError(ERR, f"failed to lookup {link.json_quote(ifname)}: {link.errstr(exc)}") from None
+            raise CNIError(ERR, f"failed to lookup {rtnl.json_quote(ifname)}: {rtnl.errstr(exc)}") from None
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def _seconds(opts: Options, code: int) -> Optional[int]:
 def lease_record(client: Client, yiaddr: bytes, opts: Options, server_mac: bytes, netns: str,
                  now: float, netns_id: Tuple[int, int]) -> Dict[str, Any]:
     """What DEL and renewal need; T1/T2 defaulted as Go's DHCPLease.commit does. `netns_id` is the
-    netns the lease was taken in (link.thread_netns_id): renewal acts only where it still opens."""
+    netns the lease was taken in (ns.thread_netns_id): renewal acts only where it still opens."""
     lease = _seconds(opts, OPT_LEASE_TIME) or 0
     t2 = _seconds(opts, OPT_REBINDING_TIME)
     t2 = lease * 85 // 100 if t2 is None or t2 > lease else t2
@@ -392,10 +393,10 @@ class Dhcp(Plugin):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid ipam.timeout {timeout!r}: must be between 0 and "
                            f"{MAX_TIMEOUT} seconds")
         path = lease_path(conf["name"], ctx.container_id, ctx.ifname)
-        with link.in_netns(ctx.netns):
+        with ns.in_netns(ctx.netns):
             set_link_state(ctx.ifname, up=True, wait_carrier=True)  # Go's daemon sets it up too
             client = Client(ctx.ifname, client_id(ctx.container_id, conf["name"], ctx.ifname))
-            netns_id = link.thread_netns_id()
+            netns_id = ns.thread_netns_id()
         try:
             yiaddr, opts, server_mac = client.acquire(request, provide, timeout)
             try:  # from here on the server holds a lease for us: a failed ADD gives it back
@@ -403,7 +404,7 @@ class Dhcp(Plugin):
                 try:
                     write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time(), netns_id))
                 except (OSError, CNIError) as exc:
-                    why = link.errstr(exc) if isinstance(exc, OSError) else exc.msg
+                    why = rtnl.errstr(exc) if isinstance(exc, OSError) else exc.msg
                     raise CNIError(ERR, f"failed to record DHCP lease: {why}") from None
             except BaseException:
                 client.release(yiaddr, opts.get(OPT_SERVER_ID, b"\0" * 4), server_mac)
@@ -450,7 +451,7 @@ def release_record(path: str, record: Optional[Dict[str, Any]], netns: str, ifna
     """RELEASE a recorded lease from inside its netns when possible, then forget it; never fails."""
     if record is not None and netns:
         with contextlib.suppress(OSError, CNIError, KeyError, ValueError, TypeError):
-            with link.in_netns(netns):
+            with ns.in_netns(netns):
                 client = Client(ifname, bytes.fromhex(record["clientID"]))
             try:
                 client.release(socket.inet_aton(record["ip"]), socket.inet_aton(record["server"]),
@@ -473,11 +474,11 @@ def maintain_one(path: str, record: Dict[str, Any], now: float, timeout: float =
     ip, server = socket.inet_aton(record["ip"]), socket.inet_aton(record["server"])
     netns_id = record.get("netnsID")
     try:
-        with link.in_netns(record["netns"]):
+        with ns.in_netns(record["netns"]):
             # Only the netns and the interface the lease was taken on: the path may now open another
             # netns, the name may now be another interface (a record without the netns id predates
             # this check and is not acted on either).
-            if not isinstance(netns_id, list) or tuple(netns_id) != link.thread_netns_id():
+            if not isinstance(netns_id, list) or tuple(netns_id) != ns.thread_netns_id():
                 return "gone"
             client = Client(record["ifname"], bytes.fromhex(record["clientID"]))
             if client.mac.hex() != record["mac"]:
