@@ -83,3 +83,42 @@ def ip_json(args: str, netns: Optional[str] = None) -> Any:
     prefix = f"ip -n {netns} -j " if netns else "ip -j "
     out = sh(prefix + args)
     return json.loads(out) if out.strip() else []
+
+
+# --- what this kernel can do --------------------------------------------------------------------
+# A probe per feature: a shell script creating it in a throwaway netns (exit 0 = supported).
+_PARENT = "ip link add cnkp0 type veth peer name cnkp1 && "
+KERNEL_PROBES = {
+    "dummy": "ip link add cnkprobe type dummy",
+    "vlan": _PARENT + "ip link add link cnkp0 name cnkprobe type vlan id 5",
+    "ipvlan": _PARENT + "ip link add link cnkp0 name cnkprobe type ipvlan mode l2",
+    "vrf": "ip link add cnkprobe type vrf table 100",
+    "bridge-vlan": "ip link add cnkprobe type bridge vlan_filtering 1",
+}
+ON_STOCK_KERNEL = os.environ.get("CNIKIT_STOCK_KERNEL") == "1"  # set by tools/stock_kernel.py in the guest
+_kernel_lacks: Dict[str, Optional[str]] = {}
+
+
+def kernel_lacks(feature: str) -> Optional[str]:
+    """Why this kernel cannot do `feature` (a KERNEL_PROBES key), None when it can. Probed once per
+    session, in a netns of its own (unshare), so nothing is left anywhere."""
+    if feature not in _kernel_lacks:
+        proc = subprocess.run(["unshare", "--net", "sh", "-c", KERNEL_PROBES[feature]], capture_output=True,
+                              text=True, check=False)
+        _kernel_lacks[feature] = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return _kernel_lacks[feature]
+
+
+def require_kernel(*features: str) -> None:
+    """Skip the calling test when this kernel lacks one of `features`, with the reason; on the stock
+    kernel (make test-kernel) every feature is expected, so a missing one fails instead."""
+    import pytest  # noqa: PLC0415
+
+    for feature in features:
+        why = kernel_lacks(feature)
+        if why is None:
+            continue
+        msg = f"kernel {os.uname().release} cannot create {feature} links ({why}); runs in `make test-kernel`"
+        if ON_STOCK_KERNEL:
+            pytest.fail(msg)
+        pytest.skip(msg)

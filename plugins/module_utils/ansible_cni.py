@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.main import (  # noqa: F401 pylint: disable=unused-import
         bridge, dummy, host_device, ipvlan, loopback, macvlan, ptp, tap, vlan)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.meta import (  # noqa: F401 pylint: disable=unused-import
-        bandwidth, firewall, portmap, sbr, tuning)
+        bandwidth, firewall, portmap, sbr, tuning, vrf)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
 
 

@@ -156,3 +156,24 @@ def test_podman_sees_our_cache_format(podman_factory, tmp_path):
     assert list(ours["result"]) == list(theirs["result"])  # key-sorted maps in both
     assert [list(i) for i in ours["result"]["interfaces"]] == [list(i) for i in theirs["result"]["interfaces"]]
     assert [list(i) for i in ours["result"]["ips"]] == [list(i) for i in theirs["result"]["ips"]]
+
+
+def test_podman_dual_stack_network(podman_factory, tmp_path):
+    """A dual-stack podman network on our plugins: the pod gets an IPv4 and an IPv6 address from
+    host-local, serves its page on both, and DEL frees both leases."""
+    pm = podman_factory(clientlib.our_bin(str(tmp_path / "bin")))
+    conf = podnet("cnikit6", "cnikit-pod6", subnet="10.89.10", meta=False)  # a subnet no other test's bridge holds
+    ipam = conf["plugins"][0]["ipam"]
+    ipam["ranges"].append([{"subnet": "fd00:89:7::/64", "gateway": "fd00:89:7::1"}])
+    ipam["routes"].append({"dst": "::/0"})
+    pm.network("cnikit6", conf)
+    pm(*pm.run_args("cnikit6", "-d", "--name", "web6"), "/bin/httpd", "-f", "-p", "80", "-h", "/var/www")
+    fmt = '{{(index .NetworkSettings.Networks "cnikit6").%s}}'
+    ip4 = pm("inspect", "web6", "--format", fmt % "IPAddress").stdout.strip()
+    ip6 = pm("inspect", "web6", "--format", fmt % "GlobalIPv6Address").stdout.strip()
+    assert ip4.startswith("10.89.10.") and ip6.startswith("fd00:89:7::"), (ip4, ip6)
+    assert clientlib.fetch(f"http://{ip4}/") == clientlib.PAGE
+    assert clientlib.fetch(f"http://[{ip6}]/") == clientlib.PAGE
+    assert sorted(clientlib.leases("/var/lib/cni/networks", "cnikit6")) == sorted([ip4, ip6])
+    pm("rm", "-f", "-t", "0", "web6")
+    assert clientlib.leases("/var/lib/cni/networks", "cnikit6") == []

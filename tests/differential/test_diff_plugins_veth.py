@@ -88,7 +88,6 @@ def test_bridge_mac(worlds, source):
 ERROR_CASES = {
     "hairpin-and-promisc": ({"hairpinMode": True, "promiscMode": True}, ""),
     "vlan-out-of-range": ({"vlan": 4095}, ""),
-    "vlan-unsupported-kernel": ({"vlan": 100, "isGateway": True}, ""),  # no bridge vlan filtering here
     "not-a-bridge": ({"bridge": "notbr"}, "ip link add notbr type veth peer name notbr1"),
     "mtu-type": ({"mtu": "1400"}, ""),
     "bad-mac": ({"runtimeConfig": {"mac": "nope"}}, ""),

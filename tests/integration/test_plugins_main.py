@@ -1,6 +1,7 @@
 """The main plugins on the live kernel, inside the sandbox: traffic between pods, link flags,
 addresses, routes, sysctls, MTU, and that a failed ADD or a DEL leaves nothing behind.
-(Differences from the Go plugins are in tests/differential; ipvlan/vlan/dummy in test_plugins_netlink.)"""
+(Differences from the Go plugins are in tests/differential; ipvlan/vlan/dummy in test_plugins_netlink,
+which runs on the stock kernel: make test-kernel.)"""
 from __future__ import annotations
 
 import json

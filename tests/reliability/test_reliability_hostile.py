@@ -102,7 +102,7 @@ def test_hostile_identifiers_rejected_before_touching_anything(arena, ptype):
     assert relutil.lease_files(datadir) == {}
 
 
-# ipvlan is left out: this kernel has no ipvlan, its ADD fails creating the link before IPAM runs
+# ipvlan is left out: on a kernel without ipvlan its ADD fails creating the link before IPAM runs
 @pytest.mark.parametrize("ptype", [p for p in PLUGINS if p in ("host-local", "macvlan", "bridge", "ptp")])
 def test_hostile_datadir_rejected(arena, ptype):
     netns, datadir, base = arena

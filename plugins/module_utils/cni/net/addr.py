@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..protocol import spec
+from ..protocol.spec import CNIError
 
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
@@ -72,6 +74,52 @@ def main_routes(ipr: Any, family: int) -> List[Tuple[Optional[str], Optional[str
         dst = r.get_attr("RTA_DST")
         out.append((f"{dst}/{r['dst_len']}" if dst else None, r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF"),
                     r.get_attr("RTA_PRIORITY")))
+    return out
+
+
+ROUTE_EXTRAS = ("mtu", "advmss", "priority", "table", "scope")  # CNI 1.1 route fields
+MAIN_TABLE = 254
+
+
+def route_extras(route: Dict[str, Any]) -> Dict[str, Any]:
+    """A result route's CNI 1.1 fields as route attributes, as libcni 1.1's ConfigureIface sets them:
+    mtu and advmss as RTA_METRICS (0 = unset), priority (metric), table (RTA_TABLE, any uint32) and
+    scope (rtm_scope). A field that is not a non-negative integer is a config error."""
+    vals: Dict[str, int] = {}
+    for key in ROUTE_EXTRAS:
+        val = route.get(key)
+        if val is None:
+            continue
+        if not isinstance(val, int) or isinstance(val, bool) or val < 0 or (key == "scope" and val > 255):
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid route {key} {val!r} for {route.get('dst')}",
+                           "a non-negative integer (scope: 0..255)")
+        vals[key] = val
+    out: Dict[str, Any] = {}
+    metrics = {k: vals[k] for k in ("mtu", "advmss") if vals.get(k)}
+    if metrics:
+        out["metrics"] = metrics
+    if vals.get("priority"):
+        out["priority"] = vals["priority"]
+    if "table" in vals:
+        out["table"] = vals["table"] or MAIN_TABLE
+    if "scope" in vals:
+        out["scope"] = vals["scope"]
+    return out
+
+
+def table_routes(ipr: Any, family: int, table: int) -> List[Tuple[Optional[str], Optional[str], Dict[str, Any]]]:
+    """The routes of one table as (dst "ip/len" or None, gateway, attributes shaped like route_extras)."""
+    out = []
+    for r in ipr.get_routes(family=family, table=table):
+        dst = r.get_attr("RTA_DST")
+        metrics = r.get_attr("RTA_METRICS")
+        extras: Dict[str, Any] = {"scope": r["scope"], "table": r.get_attr("RTA_TABLE") or r["table"]}
+        if r.get_attr("RTA_PRIORITY"):
+            extras["priority"] = r.get_attr("RTA_PRIORITY")
+        have = {k: metrics.get_attr(f"RTAX_{k.upper()}") for k in ("mtu", "advmss")} if metrics is not None else {}
+        if any(have.values()):
+            extras["metrics"] = {k: v for k, v in have.items() if v}
+        out.append((f"{dst}/{r['dst_len']}" if dst else None, r.get_attr("RTA_GATEWAY"), extras))
     return out
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .addr import link_addresses, main_routes
+from .addr import MAIN_TABLE, link_addresses, main_routes, route_extras, table_routes
 from .link import get_link
 from .rtnl import fail
 
@@ -30,24 +30,32 @@ def check_interface_ips(ipr: Any, ifname: str, ips: List[Dict[str, Any]]) -> Non
 
 
 def check_routes(ipr: Any, routes: List[Dict[str, Any]]) -> None:
-    """Every result route is in the main table (dst, and gw unless it is a default route)."""
+    """Every result route is in its table (main unless `table`): dst, gw unless it is a default route,
+    and the CNI 1.1 fields it asks for (mtu, advmss, priority, scope)."""
     import ipaddress  # noqa: PLC0415
 
     for route in routes:
         net = ipaddress.ip_network(route["dst"], strict=False)
         want_gw = route.get("gw")
+        # CNI 1.1 fields: the route is looked for in its table and must carry what was asked
+        want = route_extras(route)
         found = False
-        for dst, gw in _main_routes(ipr, 10 if net.version == 6 else 2):
+        for dst, gw, have in table_routes(ipr, 10 if net.version == 6 else 2, want.get("table", MAIN_TABLE)):
             if net.prefixlen == 0:
                 found = dst is None or ipaddress.ip_network(dst).prefixlen == 0
             else:
                 found = dst is not None and ipaddress.ip_network(dst) == net and (
                     (gw is None and not want_gw) or (gw is not None and want_gw is not None
                                                      and ipaddress.ip_address(gw) == ipaddress.ip_address(want_gw)))
+            found = found and all(have.get(k) == v for k, v in want.items() if k != "metrics") and all(
+                have.get("metrics", {}).get(k) == v for k, v in want.get("metrics", {}).items())
             if found:
                 break
         if not found:
-            raise fail(f"Expected Route {go_route(net, want_gw)} not found in routing table")
+            where = f" {want['table']}" if "table" in want else ""
+            extra = "".join(f" {k} {v}" for k, v in sorted({**want.get("metrics", {}), **want}.items())
+                            if k not in ("metrics", "table"))
+            raise fail(f"Expected Route {go_route(net, want_gw)}{extra} not found in routing table{where}")
 
 
 def go_route(net: Any, gw: Optional[str]) -> str:

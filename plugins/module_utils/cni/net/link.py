@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..protocol import spec
 from ..protocol.spec import CNIError
-from .addr import add_address, add_route, is_global_unicast, link_addresses, settle_addresses
+from .addr import add_address, add_route, is_global_unicast, link_addresses, route_extras, settle_addresses
 from .ns import NetnsNotFound, in_netns
 from .rtnl import Rtnl, errstr, fail, is_enodev, json_quote, netlink_error_code
 from .sysctl import sysctl_get, sysctl_set, sysctl_try_set
@@ -286,8 +286,9 @@ def configure_iface(ipr: Any, ifname: str, result: Dict[str, Any], found: Option
     for route in result.get("routes") or []:
         dst = route["dst"]
         gw = route.get("gw") or (v6gw if ":" in dst else v4gw)
+        extras = route_extras(route)  # CNI 1.1: mtu, advmss, priority, table, scope
         try:
-            add_route(ipr, dst, gw, found["index"], append=True)
+            add_route(ipr, dst, gw, found["index"], append=True, **extras)
         except Exception as exc:  # noqa: BLE001
             raise fail(f"failed to add route '{dst} via {gw} dev {ifname}'", exc) from None
 

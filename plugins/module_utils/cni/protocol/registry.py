@@ -20,6 +20,7 @@ PLUGINS: Dict[str, Tuple[str, str]] = {
     "firewall": ("plugins.meta.firewall", "Firewall"),
     "tuning": ("plugins.meta.tuning", "Tuning"),
     "sbr": ("plugins.meta.sbr", "Sbr"),
+    "vrf": ("plugins.meta.vrf", "Vrf"),
     "host-local": ("ipam.host_local", "HostLocal"),
     "static": ("ipam.static", "Static"),
     "dhcp": ("ipam.dhcp", "Dhcp"),

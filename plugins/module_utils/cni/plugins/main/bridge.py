@@ -118,7 +118,9 @@ class Bridge(NetPlugin):
                 for gw in gateways[family]:
                     if n["vlan"]:
                         target = ensure_vlan_gateway(ipr, br, n["vlan"], result)
-                    ensure_addr(ipr, target, br["mac"], gw, n["forceAddress"],
+                    # Go pins the MAC of the link it addresses to that link's own: for the vlan
+                    # gateway, its own MAC (the bridge's would be a local fdb entry of the bridge)
+                    ensure_addr(ipr, target, target["mac"] if n["vlan"] else br["mac"], gw, n["forceAddress"],
                                 "failed to set vlan interface for bridge with addr" if n["vlan"] else
                                 "failed to set bridge addr")
                 if gateways[family]:

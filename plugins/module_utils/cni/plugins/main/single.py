@@ -20,11 +20,14 @@ class SingleLinkPlugin(NetPlugin):
 
     arp_notify = True  # Go vlan and dummy do not set net.ipv4.conf.<if>.arp_notify
     dns_from_conf = True  # Go dummy keeps IPAM's dns; the others print the config's
+    mode_label = ""  # how Go's CHECK names the kind in "Container <label> mode ..." (default: name)
 
     def finish_add(self, ctx: skel.Context, conf: Conf, made: link.Iface, preset: Optional[Result] = None) -> Result:
         """IPAM (ips on interface 0) and the container side; a failure undoes link and IPAM.
         `preset`: addresses/routes to apply instead of IPAM's (ipvlan chained after another plugin)."""
-        result = spec.new_result(interfaces=[{"name": ctx.ifname, "mac": made["mac"], "sandbox": ctx.netns}])
+        # `mtu` is a CNI 1.1 interface field: printed for 1.1.0 configs only (spec.result_to_dict)
+        result = spec.new_result(interfaces=[{"name": ctx.ifname, "mac": made["mac"], "mtu": made["mtu"],
+                                              "sandbox": ctx.netns}])
         ipam_done = False
         try:
             faults.point(f"{self.name}.after_link_create")  # crash-safety tests (faults.py)
@@ -89,7 +92,8 @@ class SingleLinkPlugin(NetPlugin):
             have = link.info_data(found, attr)
             have_name = {v: k for k, v in modes.items()}.get(have, str(have))
             if have_name != want:
-                raise rtnl.fail(f"Container {self.name} mode {have_name} does not match expected value: {want}")
+                raise rtnl.fail(f"Container {self.mode_label or self.name} mode {have_name} does not match expected "
+                                f"value: {want}")
 
         check_container(ctx, result, cont, self.name, self.name, same_mode)
 
@@ -120,6 +124,9 @@ def check_container(ctx: skel.Context, result: Result, cont: Dict[str, Any], kin
             if cont.get("mac") and cont["mac"] != found["mac"]:
                 raise rtnl.fail(f"{prefix}Interface {cont['name']} Mac {cont['mac']} doesn't match container Mac: "
                                 f"{found['mac']}")
+            if cont.get("mtu") and cont["mtu"] != found["mtu"]:  # CNI 1.1 interface field
+                raise rtnl.fail(f"{prefix}Interface {cont['name']} MTU {cont['mtu']} doesn't match container MTU: "
+                                f"{found['mtu']}")
             check.check_interface_ips(cipr, ctx.ifname, result["ips"])
             check.check_routes(cipr, result["routes"])
 

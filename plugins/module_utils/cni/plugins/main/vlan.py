@@ -1,10 +1,11 @@
 """vlan: an 802.1Q sub-interface of `master` in the container (Go plugins/main/vlan v1.1.1).
 
 Options: master (required), vlanId (0..4094, required), mtu (0..master's MTU), ipam (required).
-This kernel has no 8021q: the plugin is tested at the netlink-request level (the RTM_NEWLINK it
-sends) and for failing cleanly here, never on a live vlan link.
-Deliberate differences: the missing-IPAM error comes before anything is created (Go creates the
-link, fails, and leaves it); DEL does not look up the master.
+Tested live and against Go on a stock kernel (make test-kernel): this project's CI kernel has no 8021q.
+Deliberate differences: CHECK's messages for a wrong VLAN id or MTU name what is wrong (Go 1.1.1
+reports a wrong id as "Tuning link ... configured promisc", a copy-paste slip); the missing-IPAM
+error comes before anything is created (Go creates the link, fails, and leaves it); DEL does not
+look up the master.
 """
 from __future__ import annotations
 
@@ -58,5 +59,8 @@ class Vlan(SingleLinkPlugin):
             if have != n["vlanId"]:
                 raise rtnl.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
                                 f"expected value: {n['vlanId']}")
+            if n["mtu"] and found["mtu"] != n["mtu"]:
+                raise rtnl.fail(f"Error: Container interface {cont['name']} MTU {found['mtu']} does not match "
+                                f"expected value: {n['mtu']}")
 
         check_container(ctx, result, cont, "vlan", "vlan", same_id)
