@@ -20,7 +20,7 @@ from ansible_collections.cnikit.cni.plugins.module_utils.cni.spec import CNIErro
 # engine does not have is simply not packed). tests/ansible/test_client.py keeps the list = the registry.
 if TYPE_CHECKING:
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins import (  # noqa: F401 pylint: disable=unused-import
-        bandwidth, bridge, dummy, firewall, host_device, ipvlan, loopback, macvlan, portmap, ptp, sbr, tap, tuning, vlan)
+        bandwidth, bridge, dummy, firewall, host_device, ipvlan, loopback, macvlan, portmap, ptp, routed, sbr, tap, tuning, vlan)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
 
 

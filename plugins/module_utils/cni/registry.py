@@ -10,6 +10,7 @@ PLUGINS: Dict[str, Tuple[str, str]] = {
     "macvlan": ("plugins.macvlan", "Macvlan"),
     "ipvlan": ("plugins.ipvlan", "Ipvlan"),
     "ptp": ("plugins.ptp", "Ptp"),
+    "cnikit-routed": ("plugins.routed", "Routed"),
     "vlan": ("plugins.vlan", "Vlan"),
     "host-device": ("plugins.host_device", "HostDevice"),
     "loopback": ("plugins.loopback", "Loopback"),
