@@ -72,6 +72,12 @@ options:
     description: Per node, the text of the allocation file read back from it (empty when it has none).
     type: dict
     default: {}
+  blocks:
+    description:
+      - Plan CIDR blocks (a routed pod network's per-node blocks, like calico's /26) instead of host-local ranges.
+      - O(size) must be a power of two and O(pool_start) on a block boundary; every address of O(subnet) is usable.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -123,6 +129,7 @@ def main() -> None:
             shim_addresses=dict(type="dict", default={}),
             overrides=dict(type="dict", default={}),
             persisted=dict(type="dict", default={}),
+            blocks=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -137,7 +144,7 @@ def main() -> None:
     try:
         plan = planner.plan(
             p["nodes"], p["subnet"], p["pool_start"], p["size"], pool_end=p["pool_end"], gateway=p["gateway"],
-            reserved=reserved, overrides=p["overrides"], persisted=persisted,
+            reserved=reserved, overrides=p["overrides"], persisted=persisted, blocks=p["blocks"],
         )
     except planner.PlanError as exc:
         module.fail_json(msg=f"pod range plan for network {p['network']!r} rejected, no node changed: {exc}")
