@@ -65,7 +65,7 @@ options:
     type: dict
     default: {}
   overrides:
-    description: Explicit ranges per node, V(START-END) or a dict with C(rangeStart)/C(rangeEnd).
+    description: Explicit ranges per node, V(START-END), a CIDR (V(10.244.7.0/26)) or a dict with C(rangeStart)/C(rangeEnd).
     type: dict
     default: {}
   persisted:
@@ -99,7 +99,8 @@ RETURN = r"""
 ranges:
   description:
     - Per node, its range, where it came from (V(override), V(persisted) or V(computed)),
-      the range as the fewest CIDRs (C(cidrs)) and as routes (C(routes), what the shim routes).
+      the range as the fewest CIDRs (C(cidrs)) and as routes (C(routes), what the shim routes);
+      with O(blocks), also as one host-local range set (C(subnets)).
   returned: success
   type: dict
   sample: {"k8s-master": {"rangeStart": "192.168.80.120", "rangeEnd": "192.168.80.129", "source": "computed",
@@ -150,7 +151,9 @@ def main() -> None:
         module.fail_json(msg=f"pod range plan for network {p['network']!r} rejected, no node changed: {exc}")
     module.exit_json(
         changed=False,
-        ranges={node: dict(rng.to_dict(), routes=[{"dst": c} for c in rng.cidrs()]) for node, rng in plan.items()},
+        ranges={node: dict(rng.to_dict(), routes=[{"dst": c} for c in rng.cidrs()],
+                           **({"subnets": [{"subnet": c} for c in rng.cidrs()]} if p["blocks"] else {}))
+                for node, rng in plan.items()},
         persist={node: planner.dump_persisted(p["network"], p["subnet"], rng) for node, rng in plan.items()},
     )
 

@@ -83,13 +83,19 @@ def _usable(net: Network) -> Tuple[int, int]:
 
 
 def _parse_range(node: str, value: object, source: str, net: Network) -> NodeRange:
-    """An override or persisted range: {"rangeStart", "rangeEnd"} or "START-END"."""
+    """An override or persisted range: {"rangeStart", "rangeEnd"}, "START-END" or a CIDR."""
     if isinstance(value, Mapping):
         start, end = value.get("rangeStart"), value.get("rangeEnd")
+    elif isinstance(value, str) and "/" in value:
+        try:
+            cidr = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise PlanError(f"{node}: {source} range {value!r} is not a CIDR: {exc}") from None
+        start, end = str(cidr.network_address), str(cidr.broadcast_address)
     elif isinstance(value, str) and "-" in value:
         start, end = value.split("-", 1)
     else:
-        raise PlanError(f"{node}: {source} range {value!r} must be START-END or {{rangeStart, rangeEnd}}")
+        raise PlanError(f"{node}: {source} range {value!r} must be START-END, a CIDR or {{rangeStart, rangeEnd}}")
     rng = NodeRange(node, _address(start, f"{node} rangeStart"), _address(end, f"{node} rangeEnd"), source)
     if rng.start.version != net.version or rng.end.version != net.version:
         raise PlanError(f"{node}: {source} range {rng.text()} is not in subnet {net}'s address family")
