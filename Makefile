@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test unit demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test test-routed unit demo bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -50,6 +50,11 @@ lint: venv
 # The whole suite, inside the sandbox.
 test: deps venv plugins sanity-venvs
 	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+# The routed pod network's whole lab proof (make test runs it without the node-added and
+# route-reflector rollouts, two more site.yml runs).
+test-routed: deps venv plugins
+	tools/sandbox.sh env CNIKIT_ROUTED_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_plugins_routed.py tests/rollout/test_routed.py $(PYTEST_ARGS)
 
 demo: deps venv plugins
 	tools/sandbox.sh $(PY) -m tools.demo
