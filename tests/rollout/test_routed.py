@@ -229,6 +229,40 @@ def test_route_reflector_option(routed):
     assert conf.count("rr client;") == len(others)
 
 
+def _rtt_avg(out):
+    return float(out.split("rtt min/avg/max/mdev = ")[1].split("/")[1])
+
+
+def test_pod_to_pod_latency_routed_vs_macvlan(routed):
+    """Cross-node pod-to-pod RTT, routed vs macvlan (our plugin, bridge mode on ens33), interleaved
+    rounds in one run on the same nodes; printed for docs/routed.md."""
+    macvlan = {"cniVersion": "1.0.0", "name": "mvlat", "type": "macvlan", "master": "ens33", "mode": "bridge",
+               "ipam": {"type": "static", "addresses": [{"address": "192.168.80.15X/24"}]}}
+    rpods, mpods = {}, {}
+    for i, name in enumerate(("k8s-master", "k8s-node02")):
+        rpods[name] = add_pod(routed, name, "lat-r")
+        conf = json.dumps(macvlan).replace("15X", str(150 + i))
+        sh(routed, name, f"cat > /run/mvlat.conf <<'EOF'\n{conf}\nEOF")
+        sh(routed, name, "ip netns add lat-m && CNI_COMMAND=ADD CNI_CONTAINERID=lat-m CNI_NETNS=/run/netns/lat-m "
+                         "CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin /opt/cni/bin/macvlan < /run/mvlat.conf")
+        mpods[name] = f"192.168.80.{150 + i}"
+    try:
+        cmd = "ip netns exec {ns} ping -q -c 200 -i 0.002 -W1 {dst}"
+        routed_rtt, macvlan_rtt = [], []
+        for _ in range(3):
+            routed_rtt.append(_rtt_avg(sh(routed, "k8s-master", cmd.format(ns="lat-r", dst=rpods["k8s-node02"])).stdout))
+            macvlan_rtt.append(_rtt_avg(sh(routed, "k8s-master", cmd.format(ns="lat-m", dst=mpods["k8s-node02"])).stdout))
+        r, m = sorted(routed_rtt)[1], sorted(macvlan_rtt)[1]
+        print(f"\npod->pod across nodes, median of 3 x 200 pings: routed {r * 1000:.1f} us, macvlan {m * 1000:.1f} us,"
+              f" routed/macvlan {r / m:.2f}")
+        assert r > 0 and m > 0
+    finally:
+        for name in ("k8s-master", "k8s-node02"):
+            del_pod(routed, name, "lat-r")
+            sh(routed, name, "CNI_COMMAND=DEL CNI_CONTAINERID=lat-m CNI_NETNS=/run/netns/lat-m CNI_IFNAME=eth0 "
+                             "CNI_PATH=/opt/cni/bin /opt/cni/bin/macvlan < /run/mvlat.conf; ip netns del lat-m")
+
+
 def test_reset_removes_bird_routes_and_files(routed):
     inv = GROWN.get("inventory", play.INVENTORY)
     result = site(routed, "-e", "cni_routed_state=absent", inventory=inv)
