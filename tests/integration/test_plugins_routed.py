@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -217,3 +218,91 @@ def test_same_as_go_ptp(node, netns_factory, tmp_path, case):
     # whatever failed left no lease beyond what the case made on purpose, on either side
     if case in ("ifname-exists", "bad-mtu-type"):
         assert leases(node) == [] and leases(os.path.join(str(tmp_path), "go")) == []
+
+
+# --- policy-lite: per-pod ingress allow-lists (netfilter/ingress.py) --------------------------
+
+LISTEN = ("import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+          "s.bind(('0.0.0.0', {port})); s.listen(8); print('up', flush=True)\n"
+          "while True:\n    c, _ = s.accept(); c.close()\n")
+CONNECT = "import socket, sys\ntry:\n    socket.create_connection(('{dst}', {port}), timeout=1).close()\nexcept OSError:\n    sys.exit(1)\n"
+
+
+def tcp_ok(ns, dst, port):
+    return subprocess.run(["ip", "netns", "exec", ns, "/usr/bin/python3", "-c", CONNECT.format(dst=dst, port=port)],
+                          check=False).returncode == 0
+
+
+def ping_ok(ns, dst):
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c1", "-W1", dst], capture_output=True,
+                          check=False).returncode == 0
+
+
+def with_policy(c, allow):
+    return dict(c, capabilities={"ingressAllow": True}, runtimeConfig={"ingressAllow": allow})
+
+
+def test_ingress_allow_list_filters_forwarded_traffic_and_goes_with_the_pod(node, netns_factory):
+    a, b, x = netns_factory("pa"), netns_factory("pb"), netns_factory("px")
+    c = conf(node)
+    ip_a = run(PLUGIN, "ADD", c, cid="ca", netns=f"/run/netns/{a}").json["ips"][0]["address"].split("/")[0]
+    allow = [{"cidr": f"{ip_a}/32", "protocol": "tcp", "port": 8080}]
+    add_b = run(PLUGIN, "ADD", with_policy(c, allow), cid="cb", netns=f"/run/netns/{b}")
+    assert add_b.rc == 0, add_b.stdout
+    ip_b = add_b.json["ips"][0]["address"].split("/")[0]
+    ip_x = run(PLUGIN, "ADD", c, cid="cx", netns=f"/run/netns/{x}").json["ips"][0]["address"].split("/")[0]
+    server = subprocess.Popen(["ip", "netns", "exec", b, "/usr/bin/python3", "-c", LISTEN.format(port=8080)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "up"
+        assert tcp_ok(a, ip_b, 8080)          # the allowed source and port
+        assert not tcp_ok(x, ip_b, 8080)      # another pod
+        assert not ping_ok(a, ip_b)           # the allowed source, another protocol
+        assert ping_ok(b, ip_a) and ping_ok(b, ip_x)  # the pod's own connections: replies come back
+        assert ping_ok(a, ip_x)               # a pod without a list takes everything
+    finally:
+        server.kill()
+        server.wait()
+    hostname = add_b.json["interfaces"][0]["name"]
+    chk = run(PLUGIN, "CHECK", with_prev(with_policy(c, allow), add_b.json), cid="cb", netns=f"/run/netns/{b}")
+    assert chk.rc == 0, chk.stdout
+    sh(f"nft flush chain inet cnikit_ingress pod-{hostname}")
+    chk = run(PLUGIN, "CHECK", with_prev(with_policy(c, allow), add_b.json), cid="cb", netns=f"/run/netns/{b}")
+    assert chk.rc == 1 and chk.json["msg"] == f"cnikit-routed: ingress chain pod-{hostname} does not hold the pod's allow-list"
+    assert run(PLUGIN, "DEL", with_policy(c, allow), cid="cb", netns=f"/run/netns/{b}").rc == 0
+    listing = sh("nft list table inet cnikit_ingress")
+    assert f"pod-{hostname}" not in listing and hostname not in listing
+
+
+def test_ingress_errors_and_gc(node, netns_factory):
+    c = conf(node)
+    ns = netns_factory()
+    for bad, msg in (("x", "ingressAllow must be a list of {cidr, protocol, port}"),
+                     ([{"cidr": "10.0.0.0/8", "port": 80}], "ingressAllow[0].port needs protocol tcp, udp or sctp"),
+                     ([{"cidr": "nope"}], "ingressAllow[0].cidr 'nope' is not a CIDR"),
+                     ([{"cidr": "10.0.0.0/8", "protocol": "gre"}], "ingressAllow[0].protocol must be one of tcp, udp, sctp, icmp")):
+        out = run(PLUGIN, "ADD", with_policy(c, bad), cid="c1", netns=f"/run/netns/{ns}")
+        assert (out.rc, out.code, out.json["msg"]) == (1, 7, msg)
+        assert not host_links() and leases(node) == []
+    # a failed ADD after the policy was made takes it away again (the host veth name is taken)
+    from cni.plugins.routed import host_veth_name  # noqa: PLC0415
+    taken = host_veth_name("cali", "c9", "eth0")
+    sh(f"ip link add {taken} type veth peer name zzpeer9")
+    out = run(PLUGIN, "ADD", with_policy(c, [{"cidr": "10.0.0.0/8"}]), cid="c9", netns=f"/run/netns/{ns}")
+    assert out.rc == 1 and f"pod-{taken}" not in sh("nft list ruleset")
+    sh(f"ip link del {taken}")
+    # GC: only with a keep-list, and only the chains of pods not on it
+    names = {}
+    for cid in ("g1", "g2"):
+        r = run(PLUGIN, "ADD", with_policy(c, [{"cidr": "10.0.0.0/8", "protocol": "icmp"}]), cid=cid,
+                netns=f"/run/netns/{netns_factory()}")
+        assert r.rc == 0, r.stdout
+        names[cid] = r.json["interfaces"][0]["name"]
+    gc = dict(with_policy(c, None), cniVersion="1.1.0")
+    del gc["runtimeConfig"]
+    assert run(PLUGIN, "GC", gc).rc == 0
+    assert all(f"pod-{n}" in sh("nft list table inet cnikit_ingress") for n in names.values())
+    gc["cni.dev/valid-attachments"] = [{"containerID": "g1", "ifname": "eth0"}]
+    assert run(PLUGIN, "GC", gc).rc == 0
+    listing = sh("nft list table inet cnikit_ingress")
+    assert f"pod-{names['g1']}" in listing and f"pod-{names['g2']}" not in listing

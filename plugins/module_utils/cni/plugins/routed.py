@@ -10,6 +10,9 @@ The node's routing daemon (BIRD, roles/cni_routed) announces the node's address 
 
 Config: ipam (required), mtu, vethPrefix (default "cali", at most 4 characters), dns; routes
 come from IPAM, all via the fixed next hop (default: 0.0.0.0/0 and ::/0 per family present).
+Policy-lite: with `"capabilities": {"ingressAllow": true}`, a pod's `runtimeConfig.ingressAllow`
+([{cidr, protocol, port}]) becomes its nftables allow-list (netfilter/ingress.py), made before
+the veth exists (the pod is never reachable without it) and removed on DEL and GC.
 Result interfaces [host veth, container veth], ips[].interface = 1, gateway = the next hop.
 A failed ADD leaves nothing (veth pair, IPAM lease). DEL: IPAM, then the pair (its host route
 goes with the link); DEL of a gone netns or link succeeds. GC forwards to IPAM only when the
@@ -20,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .. import faults, ipam, link, skel, spec
+from ..netfilter import ingress
 from ..spec import CNIError
 from . import Conf, Plugin, Result, conf_field
 from .single import check_prelude
@@ -55,18 +59,25 @@ class Routed(Plugin):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid MTU {mtu}")
         if not ipam.ipam_type(conf):
             raise CNIError(spec.ERR_INVALID_CONFIG, "IPAM plugin type is missing")
-        return {"mtu": mtu, "prefix": prefix}
+        runtime = conf.get("runtimeConfig") if isinstance(conf.get("runtimeConfig"), dict) else {}
+        caps = conf.get("capabilities") if isinstance(conf.get("capabilities"), dict) else {}
+        raw = runtime.get("ingressAllow")
+        return {"mtu": mtu, "prefix": prefix, "allow": None if raw is None else ingress.parse(raw),
+                "policy": bool(caps.get("ingressAllow")) or raw is not None}
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         opts = self._options(conf)
         peer = host_veth_name(opts["prefix"], ctx.container_id, ctx.ifname)
         os.close(link.open_netns(ctx.netns))  # a missing netns fails before IPAM hands out anything
         got = ipam.delegate("ADD", ctx, conf)
-        veth_made = False
+        veth_made = policy_made = False
         try:
             if not got["ips"]:
                 raise link.fail("IPAM plugin returned missing IP config")
             result = pod_result(got)
+            if opts["allow"] is not None:
+                policy_made = True  # (a failed batch applied nothing; the undo's teardown is a no-op then)
+                ingress.setup(peer, opts["allow"])
             families = sorted({ipaddress.ip_interface(ip["address"]).version for ip in result["ips"]})
             for family in families:
                 try:
@@ -95,29 +106,36 @@ class Routed(Plugin):
                     except Exception as exc:  # noqa: BLE001
                         raise link.fail(f"failed to add host route {iface} dev {host['name']}", exc) from None
         except BaseException:
-            self._undo(ctx, conf, veth_made)
+            self._undo(ctx, conf, veth_made, peer if policy_made else None)
             raise
         dns = conf.get("dns")
         if isinstance(dns, dict) and any(dns.get(k) for k in ("nameservers", "search", "options", "domain")):
             result["dns"] = spec.new_result(dns=dns)["dns"]
         return result
 
-    def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool) -> None:
+    def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool, policy_of: Optional[str]) -> None:
         try:
             if veth_made:
                 link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)
+            if policy_of:
+                ingress.teardown(policy_of)
             ipam.delegate("DEL", ctx, conf)
         except CNIError:
             pass  # the ADD error is what the runtime must see
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
-        self._options(conf)
+        opts = self._options(conf)
         ipam.delegate("DEL", ctx, conf)
         link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)  # the host route goes with the link
+        if opts["policy"]:
+            ingress.teardown(host_veth_name(opts["prefix"], ctx.container_id, ctx.ifname))
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
         if conf.get("cni.dev/valid-attachments") is None and conf.get("cni.dev/attachments") is None:
             return  # no keep-list: releasing "everything not listed" would release every pod
+        opts = self._options(conf)
+        if opts["policy"]:
+            ingress.gc(host_veth_name(opts["prefix"], cid, ifname) for cid, ifname in spec.valid_attachments(conf))
         super().gc(ctx, conf)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
@@ -129,6 +147,8 @@ class Routed(Plugin):
         peer = host_veth_name(opts["prefix"], ctx.container_id, ctx.ifname)
         with link.rtnl() as ipr:
             check_host(ipr, peer, result)
+        if opts["allow"] is not None:
+            ingress.check(peer, opts["allow"])
 
 
 def pod_result(got: Result) -> Result:
