@@ -93,6 +93,13 @@ def routed(lab3, lab_state):
     return lab_state
 
 
+def test_unknown_pod_network_fails_the_plan(lab3, lab_state):
+    result = site(lab_state, "-e", "cni_pod_network=flannel")
+    assert result.rc != 0
+    assert "cni_pod_network must be macvlan, overlay or routed, not flannel" in result.output
+    assert "Install the CNI plugins" not in result.output
+
+
 def test_rollout_sessions_and_routes_then_idempotent(routed):
     for name, block in BLOCKS.items():
         assert len(established(routed, name)) == 2
