@@ -18,12 +18,9 @@ description:
   - Pure computation; meant to run once on the controller (C(run_once), C(delegate_to=localhost))
     before any node is changed.
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: none
 options:

@@ -297,6 +297,10 @@ def test_gc_accepts_the_pre_1_1_key_and_empty_list(tmp_path):
     assert inproc("host-local", "GC", c).rc == 0
     assert set(files(tmp_path)) == {"10.0.0.3", "last_reserved_ip.0"}
     del c["cni.dev/attachments"]
+    out = inproc("host-local", "GC", c)  # no list at all (cnitool): b's lease is not guessed away
+    assert (out.rc, out.stdout) == (0, "") and "nothing collected" in out.stderr
+    assert set(files(tmp_path)) == {"10.0.0.3", "last_reserved_ip.0"}
+    c["cni.dev/valid-attachments"] = []  # an explicit empty list: nothing is valid
     assert inproc("host-local", "GC", c).rc == 0
     assert set(files(tmp_path)) == {"last_reserved_ip.0"}
 

@@ -66,7 +66,9 @@ def net_command(args: argparse.Namespace, environ: Dict[str, str]) -> int:
     elif args.verb == "del":
         rt_.delete(net, rt)
     elif args.verb == "gc":
-        rt_.gc(net, None)  # like cnitool: no valid attachments, every cached one of the net goes
+        # an explicit empty list (unlike cnitool, which sends none and so collects nothing in the
+        # plugins): every cached attachment of the net is DELed, every plugin reclaims all it holds
+        rt_.gc(net, [])
     else:
         rt_.status(net)
     return 0

@@ -437,7 +437,8 @@ class Runtime:
 
     def gc(self, net: NetworkConfigList, valid_attachments: Optional[Iterable[Mapping[str, str]]] = None) -> None:
         """GCNetworkList: DEL every cached attachment of this network that is not valid, then (1.1+)
-        send GC with the valid list to every plugin. None = nothing is valid (cnitool gc)."""
+        send GC with the valid list to every plugin. The list sent is always explicit (None = []:
+        nothing is valid); the plugins collect nothing from a GC without one (spec.NoKeepList)."""
         if net.disable_gc:
             return
         valid = [{"containerID": a["containerID"], "ifname": a["ifname"]} for a in (valid_attachments or [])]

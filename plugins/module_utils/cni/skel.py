@@ -30,6 +30,7 @@ class Context:
     args: List[Tuple[str, str]] = field(default_factory=list)
     path: List[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)  # for the runtime's stderr (success says why)
 
     def arg(self, key: str, default: Optional[str] = None) -> Optional[str]:
         for k, v in self.args:
@@ -183,10 +184,22 @@ def call(plugin: Any, ctx: Context, conf: Dict[str, Any]) -> Optional[Dict[str, 
     elif ctx.command == "DEL":
         plugin.delete(ctx, conf)
     elif ctx.command == "GC":
-        plugin.gc(ctx, conf)
+        gc(plugin, ctx, conf)
     elif ctx.command == "STATUS":
         plugin.status(ctx, conf)
     return None
+
+
+def gc(plugin: Any, ctx: Context, conf: Dict[str, Any]) -> None:
+    """GC, decided here once for every plugin: no usable keep-list collects nothing and succeeds
+    (cnitool sends none), saying why on stderr; an explicit list, even empty, is obeyed."""
+    try:
+        spec.valid_attachments(conf)
+    except spec.NoKeepList as why:
+        ctx.notes.append(f"{conf.get('type') or 'plugin'} GC: nothing collected: {why} "
+                         f"(an explicit list, even an empty one, says what is still valid)")
+        return
+    plugin.gc(ctx, conf)
 
 
 def execute(factory: PluginFactory, environ: Mapping[str, str], stdin: bytes,
@@ -206,9 +219,10 @@ def execute(factory: PluginFactory, environ: Mapping[str, str], stdin: bytes,
         if command not in ("GC", "STATUS"):
             validate_attachment(ctx)
         result = call(factory(), ctx, conf)
+        notes = "".join(f"{note}\n" for note in ctx.notes)
         if result is None:
-            return 0, "", ""
-        return 0, spec.dumps(spec.result_to_dict(result, version)), ""
+            return 0, "", notes
+        return 0, spec.dumps(spec.result_to_dict(result, version)), notes
     except CNIError as err:
         return 1, spec.dumps(err.to_dict(version or None)) + "\n", ""
     except Exception as exc:  # noqa: BLE001 - the protocol demands an error JSON, not a crash

@@ -130,15 +130,30 @@ def load_netconf(data: bytes | str) -> Dict[str, Any]:
     return conf
 
 
+GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+class NoKeepList(Exception):
+    """A GC config that does not say what is valid (key absent, null or not a list of objects).
+
+    Such a GC must collect nothing: upstream cnitool (libcni with no GCArgs) sends exactly this
+    after DELing its own cached attachments, and "no list" read as "nothing is valid" would
+    release the leases and rules of every other runtime on the node using the same network."""
+
+
 def valid_attachments(conf: Dict[str, Any]) -> set[Tuple[str, str]]:
-    """GC's keep-list as (containerID, ifname); libcni sends both the current and the pre-1.1 key."""
-    raw = conf.get("cni.dev/valid-attachments")
+    """GC's keep-list as (containerID, ifname); libcni sends both the current and the pre-1.1 key.
+    An explicit empty list means nothing is valid; no usable list raises NoKeepList (see there).
+    skel.gc makes that decision once for every plugin's GC, so a plugin's gc() only ever sees a
+    config with a list."""
+    raw = conf.get(GC_KEYS[0])
+    key = GC_KEYS[0]
+    if raw is None and conf.get(GC_KEYS[1]) is not None:
+        raw, key = conf[GC_KEYS[1]], GC_KEYS[1]
     if raw is None:
-        raw = conf.get("cni.dev/attachments")
-    if raw is None:
-        raw = []
+        raise NoKeepList(f"the config has no {GC_KEYS[0]} list")
     if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
-        raise CNIError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
+        raise NoKeepList(f"{key} is not a list of objects")
     return {(str(a.get("containerID", "")).strip(), str(a.get("ifname", ""))) for a in raw}
 
 
