@@ -15,8 +15,8 @@ Policy-lite: with `"capabilities": {"ingressAllow": true}`, a pod's `runtimeConf
 the veth exists (the pod is never reachable without it) and removed on DEL and GC.
 Result interfaces [host veth, container veth], ips[].interface = 1, gateway = the next hop.
 A failed ADD leaves nothing (veth pair, IPAM lease). DEL: IPAM, then the pair (its host route
-goes with the link); DEL of a gone netns or link succeeds. GC forwards to IPAM only when the
-runtime sent `cni.dev/valid-attachments`: without the list nothing is released.
+goes with the link); DEL of a gone netns or link succeeds. GC (skel runs it only with a
+`cni.dev/valid-attachments` list) drops the allow-lists of pods not on it and forwards to IPAM.
 """
 from __future__ import annotations
 
@@ -131,8 +131,7 @@ class Routed(Plugin):
             ingress.teardown(host_veth_name(opts["prefix"], ctx.container_id, ctx.ifname))
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
-        if conf.get("cni.dev/valid-attachments") is None and conf.get("cni.dev/attachments") is None:
-            return  # no keep-list: releasing "everything not listed" would release every pod
+        # skel.gc runs this only with a keep-list (without one, GC collects nothing)
         opts = self._options(conf)
         if opts["policy"]:
             ingress.gc(host_veth_name(opts["prefix"], cid, ifname) for cid, ifname in spec.valid_attachments(conf))
