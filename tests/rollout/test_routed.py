@@ -100,6 +100,23 @@ def test_unknown_pod_network_fails_the_plan(lab3, lab_state):
     assert "Install the CNI plugins" not in result.output
 
 
+def _node_state(state):
+    """What a routed rollout could touch on each node: its CNI and BIRD files, routes, BIRD's socket."""
+    out = {}
+    for n in lab.load(state)["nodes"]:
+        out[n["name"]] = sh(state, n["name"], "find /etc/cni /opt/cni /var/lib/cni /run/cnikit-bird /run/bird "
+                                              "2>/dev/null | sort; ip route; ip link", check=False).stdout
+    return out
+
+
+def test_check_mode_on_a_fresh_cluster_changes_nothing(lab3, lab_state):
+    before = _node_state(lab_state)
+    result = site(lab_state, "--check")
+    assert result.rc == 0, result.output[-4000:]
+    assert result.changed > 0  # it predicts the rollout
+    assert _node_state(lab_state) == before  # and does none of it
+
+
 def test_rollout_sessions_and_routes_then_idempotent(routed):
     for name, block in BLOCKS.items():
         assert len(established(routed, name)) == 2
