@@ -40,7 +40,7 @@ state:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

@@ -151,7 +151,8 @@ reattached:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate, runtime
+from ansible_collections.cnikit.cni.plugins.module_utils.cni import runtime
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

@@ -110,7 +110,7 @@ persist:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import ranges as planner
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import ranges as planner
 
 
 def main() -> None:

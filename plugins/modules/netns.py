@@ -63,7 +63,7 @@ path:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

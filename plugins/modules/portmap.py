@@ -122,7 +122,7 @@ state:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ DOC = os.path.join(ROOT, "docs", "modules.md")
 
 INTRO = """\
 Every module is a thin client (`plugins/module_utils/ansible_cni.py`) over one engine call in
-`plugins/module_utils/cni/netstate.py`, which reads the kernel (or the runtime's cache, or the file),
+`plugins/module_utils/cni/state/netstate.py`, which reads the kernel (or the runtime's cache, or the file),
 compares, changes only the difference and returns the state before and after. So, for all of them:
 
 - `changed` is true only when something changed; in check mode the same comparison runs without the

@@ -8,7 +8,8 @@ import os
 import pytest
 
 import cnitest
-from cni import netfilter, spec
+from cni import netfilter
+from cni.protocol import spec
 
 
 @pytest.mark.parametrize("plugin,backend", [("bridge", None), ("ptp", None), ("bridge", "iptables")])

@@ -160,7 +160,7 @@ def test_failed_add_leaves_nothing(node, netns_factory):
     out = run(PLUGIN, "ADD", c, cid="c1", netns="/run/netns/not-there")
     assert out.rc == 1 and "failed to open netns" in out.json["msg"] and leases(node) == []
     # the host end's name is taken (a leftover of the same attachment): the lease and the pod end go again
-    from cni.plugins.routed import host_veth_name  # noqa: PLC0415
+    from cni.plugins.main.routed import host_veth_name  # noqa: PLC0415
     taken = host_veth_name("cali", "c1", "eth0")
     sh(f"ip link add {taken} type dummy 2>/dev/null || ip link add {taken} type veth peer name zzpeer0")
     out = run(PLUGIN, "ADD", c, cid="c1", netns=f"/run/netns/{a}")
@@ -285,7 +285,7 @@ def test_ingress_errors_and_gc(node, netns_factory):
         assert (out.rc, out.code, out.json["msg"]) == (1, 7, msg)
         assert not host_links() and leases(node) == []
     # a failed ADD after the policy was made takes it away again (the host veth name is taken)
-    from cni.plugins.routed import host_veth_name  # noqa: PLC0415
+    from cni.plugins.main.routed import host_veth_name  # noqa: PLC0415
     taken = host_veth_name("cali", "c9", "eth0")
     sh(f"ip link add {taken} type veth peer name zzpeer9")
     out = run(PLUGIN, "ADD", with_policy(c, [{"cidr": "10.0.0.0/8"}]), cid="c9", netns=f"/run/netns/{ns}")

@@ -10,7 +10,7 @@ import pytest
 
 import cnitest
 from cni import runtime
-from cni.spec import CNIError
+from cni.protocol.spec import CNIError
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 SUBNET = "10.7.0"

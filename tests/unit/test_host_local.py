@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cnitest import inproc  # noqa: E402
 
-from cni import skel  # noqa: E402
+from cni.protocol import skel  # noqa: E402
 from cni.ipam import host_local as hl  # noqa: E402
 from cni.ipam.store import Store  # noqa: E402
 

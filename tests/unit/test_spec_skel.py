@@ -6,7 +6,7 @@ import json
 import pytest
 
 import cnitest
-from cni import skel, spec
+from cni.protocol import skel, spec
 
 
 class Dummy:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, Iterable, List, Set
 
-from .. import spec
-from ..spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 from . import nft
 
 TABLE = "inet cnikit_ingress"
