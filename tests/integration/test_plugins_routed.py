@@ -140,7 +140,7 @@ def test_gc_without_keep_list_releases_nothing(node, netns_factory):
 @pytest.mark.parametrize("bad, code, msg", [
     ({"vethPrefix": "toolong"}, 7, "vethPrefix 'toolong' must be 1-4 letters or digits (the name has 11 more)"),
     ({"vethPrefix": "a-b"}, 7, "vethPrefix 'a-b' must be 1-4 letters or digits (the name has 11 more)"),
-    ({"mtu": -1}, 7, "invalid MTU -1"),
+    ({"mtu": -1}, 7, "invalid mtu -1: must be between 0 and 65535"),
     ({"ipam": None}, 7, "IPAM plugin type is missing"),
 ])
 def test_config_errors(node, netns, bad, code, msg):

@@ -29,7 +29,7 @@ from ... import faults, ipam
 from ...net import addr, check, link, ns, rtnl, sysctl
 from ...netfilter import ingress
 from ...protocol import skel, spec
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
 from ...protocol.spec import CNIError
 from .. import NetPlugin
 from .single import check_prelude
@@ -53,13 +53,11 @@ class Routed(NetPlugin):
     name = "cnikit-routed"
 
     def _options(self, conf: Conf) -> Dict[str, Any]:
-        mtu = conf_field(conf, "mtu", int, 0)
+        mtu = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         prefix = conf_field(conf, "vethPrefix", str, "cali")
         if not prefix or len(prefix) > 4 or not prefix.isalnum():
             raise CNIError(spec.ERR_INVALID_CONFIG,
                            f"vethPrefix {prefix!r} must be 1-4 letters or digits (the name has 11 more)")
-        if mtu < 0 or mtu > 65535:
-            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid MTU {mtu}")
         if not ipam.ipam_type(conf):
             raise CNIError(spec.ERR_INVALID_CONFIG, "IPAM plugin type is missing")
         runtime = conf.get("runtimeConfig") if isinstance(conf.get("runtimeConfig"), dict) else {}
