@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test test-kernel kernel-image unit imports demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test test-kernel kernel-image test-routed unit imports demo bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -69,6 +69,11 @@ kernel-image:
 test-kernel: venv plugins kernel-image
 	$(PY) tools/stock_kernel.py run --timeout $(KERNEL_TIMEOUT) -- \
 	  tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider -rs --durations=10 $(KERNEL_TESTS) $(PYTEST_ARGS)
+
+# The routed pod network's whole lab proof (make test runs it without the node-added and
+# route-reflector rollouts, two more site.yml runs).
+test-routed: deps venv plugins
+	tools/sandbox.sh env CNIKIT_ROUTED_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_plugins_routed.py tests/rollout/test_routed.py $(PYTEST_ARGS)
 
 demo: deps venv plugins
 	tools/sandbox.sh $(PY) -m tools.demo

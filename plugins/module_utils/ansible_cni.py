@@ -20,7 +20,7 @@ from ansible_collections.cnikit.cni.plugins.module_utils.cni.protocol.spec impor
 # engine does not have is simply not packed). tests/ansible/test_client.py keeps the list = the registry.
 if TYPE_CHECKING:
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.main import (  # noqa: F401 pylint: disable=unused-import
-        bridge, dummy, host_device, ipvlan, loopback, macvlan, ptp, tap, vlan)
+        bridge, dummy, host_device, ipvlan, loopback, macvlan, ptp, routed, tap, vlan)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.meta import (  # noqa: F401 pylint: disable=unused-import
         bandwidth, firewall, portmap, sbr, tuning, vrf)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import

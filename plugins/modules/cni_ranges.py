@@ -62,13 +62,19 @@ options:
     type: dict
     default: {}
   overrides:
-    description: Explicit ranges per node, V(START-END) or a dict with C(rangeStart)/C(rangeEnd).
+    description: Explicit ranges per node, V(START-END), a CIDR (V(10.244.7.0/26)) or a dict with C(rangeStart)/C(rangeEnd).
     type: dict
     default: {}
   persisted:
     description: Per node, the text of the allocation file read back from it (empty when it has none).
     type: dict
     default: {}
+  blocks:
+    description:
+      - Plan CIDR blocks (a routed pod network's per-node blocks, like calico's /26) instead of host-local ranges.
+      - O(size) must be a power of two and O(pool_start) on a block boundary; every address of O(subnet) is usable.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -90,7 +96,8 @@ RETURN = r"""
 ranges:
   description:
     - Per node, its range, where it came from (V(override), V(persisted) or V(computed)),
-      the range as the fewest CIDRs (C(cidrs)) and as routes (C(routes), what the shim routes).
+      the range as the fewest CIDRs (C(cidrs)) and as routes (C(routes), what the shim routes);
+      with O(blocks), also as one host-local range set (C(subnets)).
   returned: success
   type: dict
   sample: {"k8s-master": {"rangeStart": "192.168.80.120", "rangeEnd": "192.168.80.129", "source": "computed",
@@ -120,6 +127,7 @@ def main() -> None:
             shim_addresses=dict(type="dict", default={}),
             overrides=dict(type="dict", default={}),
             persisted=dict(type="dict", default={}),
+            blocks=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -134,13 +142,15 @@ def main() -> None:
     try:
         plan = planner.plan(
             p["nodes"], p["subnet"], p["pool_start"], p["size"], pool_end=p["pool_end"], gateway=p["gateway"],
-            reserved=reserved, overrides=p["overrides"], persisted=persisted,
+            reserved=reserved, overrides=p["overrides"], persisted=persisted, blocks=p["blocks"],
         )
     except planner.PlanError as exc:
         module.fail_json(msg=f"pod range plan for network {p['network']!r} rejected, no node changed: {exc}")
     module.exit_json(
         changed=False,
-        ranges={node: dict(rng.to_dict(), routes=[{"dst": c} for c in rng.cidrs()]) for node, rng in plan.items()},
+        ranges={node: dict(rng.to_dict(), routes=[{"dst": c} for c in rng.cidrs()],
+                           **({"subnets": [{"subnet": c} for c in rng.cidrs()]} if p["blocks"] else {}))
+                for node, rng in plan.items()},
         persist={node: planner.dump_persisted(p["network"], p["subnet"], rng) for node, rng in plan.items()},
     )
 

@@ -162,3 +162,31 @@ def test_cidrs_cover_exactly_the_range():
     for rng in plan.values():
         ips = [ip for c in rng.cidrs() for ip in ipaddress.ip_network(c)]
         assert ips[0] == rng.start and ips[-1] == rng.end and len(ips) == rng.size
+
+
+# --- blocks: a routed network's per-node CIDR blocks (cnikit.cni.cni_routed) -------------------
+
+def test_blocks_are_aligned_cidrs_from_the_network_address_and_stay_put_on_join():
+    nodes = ["k8s-master", "k8s-node01", "k8s-node02"]
+    p = ranges.plan(nodes, "10.244.0.0/16", "10.244.0.0", 64, blocks=True)
+    assert [p[n].cidrs() for n in nodes] == [["10.244.0.0/26"], ["10.244.0.64/26"], ["10.244.0.128/26"]]
+    persisted = {n: ranges.load_persisted(ranges.dump_persisted("routednet", "10.244.0.0/16", p[n]), "routednet", "10.244.0.0/16")
+                 for n in ("k8s-node01",)}
+    again = ranges.plan(["k8s-node03"] + nodes, "10.244.0.0/16", "10.244.0.0", 64, blocks=True, persisted=persisted)
+    assert again["k8s-node01"].cidrs() == ["10.244.0.64/26"] and again["k8s-node03"].cidrs() == ["10.244.0.0/26"]
+    # the last block of the subnet is whole (no broadcast address kept back)
+    last = ranges.plan(["a"], "10.244.0.0/24", "10.244.0.192", 64, blocks=True)
+    assert last["a"].cidrs() == ["10.244.0.192/26"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"size": 48}, "block size must be a power of two, got 48"),
+    ({"pool_start": "10.244.0.32"}, "pool_start 10.244.0.32 is not on a 64-address block boundary"),
+    ({"overrides": {"a": "10.244.0.10-10.244.0.73"}}, "a: override range 10.244.0.10-10.244.0.73 is not one 64-address block"),
+])
+def test_blocks_refuse_what_is_not_a_block(kw, message):
+    args = dict(nodes=["a", "b"], subnet="10.244.0.0/16", pool_start="10.244.0.0", size=64, blocks=True)
+    args.update(kw)
+    with pytest.raises(ranges.PlanError) as err:
+        ranges.plan(**args)
+    assert str(err.value) == message

@@ -93,17 +93,24 @@ def default_route_interface(ipr: Any) -> str:
     raise fail("no default route interface found")
 
 
-def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Optional[str] = None) -> Tuple[Iface, Iface]:
+def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Optional[str] = None,
+               host_name: Optional[str] = None, host_mac: Optional[str] = None,
+               host_sysctls: Optional[Dict[str, str]] = None) -> Tuple[Iface, Iface]:
     """Go ip.SetupVeth, called from inside the container netns (ipr bound to it): create `ifname`
     with its peer `veth<8 hex>` in the netns open at fd `host_netns`, retrying on a name clash;
     the host side is set up with accept_ra=0. Returns (host, container) as they were made (the
-    host end's "up" is its state before it was set up)."""
+    host end's "up" is its state before it was set up).
+    `host_name`/`host_mac` fix the host end's name and MAC (no retry: a clash is an error);
+    `host_sysctls` ("net/ipv4/conf/{ifname}/proxy_arp": "1", ...) are written before the host end
+    goes up (accept_dad must be off before the link-local address is made)."""
     # Go's LinkAttrs{} literal sends TxQLen 0 for both ends; MTU only when set
     extra: Dict[str, Any] = {"txqlen": 0, **({"mtu": mtu} if mtu else {})}
     for _ in range(10):
-        peer = random_veth_name()
+        peer = host_name or random_veth_name()
         try:
-            ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer, "net_ns_fd": host_netns, **extra},
+            ipr.link("add", ifname=ifname, kind="veth",
+                     peer={"ifname": peer, "net_ns_fd": host_netns, **extra,
+                           **({"address": host_mac} if host_mac else {})},
                      **extra, **({"address": mac} if mac else {}))
             break
         except Exception as exc:  # noqa: BLE001 - mapped to Go's messages below
@@ -111,12 +118,20 @@ def setup_veth(ipr: Any, ifname: str, host_netns: int, mtu: int = 0, mac: Option
                 raise fail("failed to make veth pair", exc) from None
             if get_link(ipr, ifname) is not None:
                 raise fail(f"container veth name provided ({ifname}) already exists") from None
+            if host_name:
+                raise fail(f"host veth name {host_name} already exists") from None
     else:
         raise fail("failed to find a unique veth name")
     cont = require_link(ipr, ifname)
     with in_netns(f"/proc/self/fd/{host_netns}"):
         with Rtnl() as host_ipr:
             host = require_link(host_ipr, peer, json_quote(peer))
+            for key, value in (host_sysctls or {}).items():
+                try:
+                    sysctl_set(key.format(ifname=peer), value)
+                except OSError as exc:
+                    host_ipr.link("del", index=host["index"])  # takes the container end with it
+                    raise fail(f"failed to set {key.format(ifname=peer)}", exc) from None
             set_link(host_ipr, host["index"], state="up")
             sysctl_try_set(f"net/ipv6/conf/{peer}/accept_ra", "0")
     return host, cont

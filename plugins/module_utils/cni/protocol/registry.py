@@ -10,6 +10,7 @@ PLUGINS: Dict[str, Tuple[str, str]] = {
     "macvlan": ("plugins.main.macvlan", "Macvlan"),
     "ipvlan": ("plugins.main.ipvlan", "Ipvlan"),
     "ptp": ("plugins.main.ptp", "Ptp"),
+    "cnikit-routed": ("plugins.main.routed", "Routed"),
     "vlan": ("plugins.main.vlan", "Vlan"),
     "host-device": ("plugins.main.host_device", "HostDevice"),
     "loopback": ("plugins.main.loopback", "Loopback"),

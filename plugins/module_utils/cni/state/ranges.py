@@ -83,13 +83,19 @@ def _usable(net: Network) -> Tuple[int, int]:
 
 
 def _parse_range(node: str, value: object, source: str, net: Network) -> NodeRange:
-    """An override or persisted range: {"rangeStart", "rangeEnd"} or "START-END"."""
+    """An override or persisted range: {"rangeStart", "rangeEnd"}, "START-END" or a CIDR."""
     if isinstance(value, Mapping):
         start, end = value.get("rangeStart"), value.get("rangeEnd")
+    elif isinstance(value, str) and "/" in value:
+        try:
+            cidr = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise PlanError(f"{node}: {source} range {value!r} is not a CIDR: {exc}") from None
+        start, end = str(cidr.network_address), str(cidr.broadcast_address)
     elif isinstance(value, str) and "-" in value:
         start, end = value.split("-", 1)
     else:
-        raise PlanError(f"{node}: {source} range {value!r} must be START-END or {{rangeStart, rangeEnd}}")
+        raise PlanError(f"{node}: {source} range {value!r} must be START-END, a CIDR or {{rangeStart, rangeEnd}}")
     rng = NodeRange(node, _address(start, f"{node} rangeStart"), _address(end, f"{node} rangeEnd"), source)
     if rng.start.version != net.version or rng.end.version != net.version:
         raise PlanError(f"{node}: {source} range {rng.text()} is not in subnet {net}'s address family")
@@ -108,12 +114,19 @@ def plan(
     reserved: Optional[Mapping[str, str]] = None,
     overrides: Optional[Mapping[str, object]] = None,
     persisted: Optional[Mapping[str, object]] = None,
+    blocks: bool = False,
 ) -> Dict[str, NodeRange]:
-    """Plan one range per node (in the given order) or raise PlanError. See the module doc."""
+    """Plan one range per node (in the given order) or raise PlanError. See the module doc.
+
+    `blocks`: every range is one CIDR block (a routed network's per-node block, calico's /26):
+    `size` a power of two, `pool_start` on a block boundary, and every address of the subnet is
+    usable (a pod address is a /32, so a block's first and last are pod addresses too)."""
     net = _network(subnet)
-    lo, hi = _usable(net)
+    lo, hi = (int(net.network_address), int(net.broadcast_address)) if blocks else _usable(net)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise PlanError(f"range size must be a positive integer, got {size!r}")
+    if blocks and size & (size - 1):
+        raise PlanError(f"block size must be a power of two, got {size}")
     start = _address(pool_start, "pool_start")
     end = _address(pool_end, "pool_end") if pool_end else ipaddress.ip_address(hi)
     for what, ip in (("pool_start", start), ("pool_end", end)):
@@ -121,6 +134,8 @@ def plan(
             raise PlanError(f"{what} {ip} is outside subnet {net} (usable {ipaddress.ip_address(lo)}-{ipaddress.ip_address(hi)})")
     if int(start) > int(end):
         raise PlanError(f"pool_start {start} is after pool_end {end}")
+    if blocks and int(start) % size:
+        raise PlanError(f"pool_start {start} is not on a {size}-address block boundary")
     marks: Dict[str, Address] = {}
     if gateway:
         marks["gateway"] = _address(gateway, "gateway")
@@ -141,6 +156,8 @@ def plan(
                 f"{rng.node}: {rng.source} range {rng.text()} is outside subnet {net} "
                 f"(usable {ipaddress.ip_address(lo)}-{ipaddress.ip_address(hi)})"
             )
+        if blocks and (len(rng.cidrs()) != 1 or rng.size != size):
+            raise PlanError(f"{rng.node}: {rng.source} range {rng.text()} is not one {size}-address block")
     for i, a in enumerate(fixed):
         for b in fixed[i + 1:]:
             if a.overlaps(b):
