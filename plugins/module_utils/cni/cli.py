@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .gc import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
 
     add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
+    from .overlay.daemon import add_parser as add_overlayd_parser  # noqa: PLC0415 - no pyroute2 at import
+
+    add_overlayd_parser(sub)  # `cnikit overlayd`: the overlay node daemon (docs/overlay.md)
     renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
     renew.add_argument("--once", action="store_true", help="one pass; print each lease's state")
     renew.add_argument("--interval", type=float, default=30.0, help="longest sleep between passes (s)")
@@ -123,6 +126,10 @@ def main(argv: List[str]) -> int:
     try:
         if args.cmd == "gc":
             return args.func(args)
+        if args.cmd == "overlayd":
+            from .overlay import daemon  # noqa: PLC0415
+
+            return daemon.main(args)
         if args.cmd == "dhcp-renew":
             from .ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
 
