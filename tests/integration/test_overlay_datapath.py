@@ -141,3 +141,13 @@ def test_remove_takes_only_ours(node):
         ipr.close()
     assert "flannel.1" not in ip(node, "link") and ip(node, "route", "show", "proto", "241") == ""
     assert ip(node, "route", "show", "10.99.0.0/16") != ""
+
+
+def test_a_foreign_route_to_a_pod_subnet_is_reported_not_replaced(node):
+    plan = subnets.plan(NODES, IPS)
+    ip(node, "route", "add", "10.244.3.0/24", "via", "192.168.80.2")
+    changes, refused, _ = reconcile(node, plan["n0"], plan.values())
+    assert changes == {"added": 11, "removed": 0}
+    assert refused == ["a route to 10.244.3.0/24 exists and is not ours: left alone, 10.244.3.0/24 stays "
+                       "unreachable through the overlay until it is removed"]
+    assert ip(node, "route", "show", "10.244.3.0/24").strip() == "10.244.3.0/24 via 192.168.80.2 dev ens33"

@@ -169,14 +169,29 @@ def apply(ipr: Any, node: Node, want: Entries, have: Entries) -> Dict[str, int]:
     for ip, _mac in gone_neigh:
         if ip not in {n[0] for n in new_neigh}:  # a replace below covers a changed MAC
             neigh.del_neighbour(ipr, dev, ip)
+    conflicts: List[str] = []
     for mac, dst in new_fdb:
-        neigh.append_fdb(ipr, dev, mac, dst)
+        if not _exists(neigh.append_fdb, ipr, dev, mac, dst):
+            continue  # written by someone else in between (a concurrent `overlayd --once`): same entry
     for ip, mac in new_neigh:
         neigh.add_neighbour(ipr, dev, ip, mac, RTPROT_CNIKIT)
     for r in new_routes:
-        neigh.add_route(ipr, r, RTPROT_CNIKIT)
-    return {"added": len(new_routes) + len(new_fdb) + len(new_neigh),
-            "removed": len(gone_routes) + len(gone_fdb) + len(gone_neigh)}
+        if not _exists(neigh.add_route, ipr, r, RTPROT_CNIKIT) and r not in neigh.routes_by_protocol(ipr, RTPROT_CNIKIT):
+            conflicts.append(f"a route to {r[0]} exists and is not ours: left alone, {r[0]} stays unreachable "
+                             "through the overlay until it is removed")
+    return {"added": len(new_routes) + len(new_fdb) + len(new_neigh) - len(conflicts),
+            "removed": len(gone_routes) + len(gone_fdb) + len(gone_neigh), "conflicts": conflicts}
+
+
+def _exists(fn: Any, *args: Any) -> bool:
+    """Run an add; False when the kernel says the entry exists (EEXIST) instead of raising."""
+    try:
+        fn(*args)
+        return True
+    except Exception as exc:  # noqa: BLE001
+        if link.netlink_error_code(exc) == 17:
+            return False
+        raise
 
 
 def reconcile(ipr: Any, own: Lease, leases: Iterable[Lease], backend: Backend,
@@ -184,7 +199,8 @@ def reconcile(ipr: Any, own: Lease, leases: Iterable[Lease], backend: Backend,
     """ensure_node + desired + current + apply: one pass."""
     node = node or ensure_node(ipr, backend, own)
     want, refused = desired(own, leases, backend, node)
-    return apply(ipr, node, want, current(ipr, node)), refused, node
+    changes = apply(ipr, node, want, current(ipr, node))
+    return {k: changes[k] for k in ("added", "removed")}, refused + changes["conflicts"], node
 
 
 def masq_lines(cluster_cidr: str) -> List[str]:
