@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test unit demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test unit demo overlay-scale bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -51,8 +51,13 @@ lint: venv
 test: deps venv plugins sanity-venvs
 	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
+# `make demo NET=overlay` shows the flannel-style overlay instead of the seed's macvlan network.
 demo: deps venv plugins
-	tools/sandbox.sh $(PY) -m tools.demo
+	tools/sandbox.sh $(PY) -m tools.demo $(if $(NET),--net $(NET))
+
+# The overlay on a 50-node lab: exact per-node entry counts, join/leave and reconcile times (docs/overlay.md).
+overlay-scale: deps venv plugins
+	tools/sandbox.sh $(PY) -m bench.overlay_scale --nodes $(or $(NODES),50)
 
 bench: deps venv plugins
 	tools/sandbox.sh $(PY) -m bench.run
