@@ -19,7 +19,7 @@ description:
   - Returns each node's lease as flannel writes it (key C(<ip>-<len>), document with C(PublicIP),
     C(BackendType), C(BackendData)) and the text of the file each node keeps.
   - Pure computation; meant to run once on the controller before any node is changed.
-version_added: 1.1.0
+version_added: 1.0.0
 author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
   - cnikit.cni.attributes

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+
+import pytest
 
 import lab
 from lab import overlay as ov
@@ -13,8 +16,18 @@ from lab import play
 SITE = os.path.join(play.ROOT, "playbooks", "site.yml")
 
 
-def site(lab_state, *args):
-    return play.playbook(SITE, ["-e", "cni_pod_network=overlay", *args], extra_env={"CNIKIT_LAB_STATE": lab_state})
+@pytest.fixture(scope="module")
+def engine():
+    """A frozen copy of the engine (as the demo and molecule use): an edit to the tree during the run
+    must not look like an engine upgrade between two runs."""
+    path = play.engine_snapshot()
+    yield path
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def site(lab_state, engine, engine, *args):
+    return play.playbook(SITE, ["-e", "cni_pod_network=overlay", "-e", f"cni_plugins_engine_src={engine}", *args],
+                         extra_env={"CNIKIT_LAB_STATE": lab_state})
 
 
 def snapshot(state):
@@ -28,23 +41,23 @@ def snapshot(state):
     return out
 
 
-def test_overlay_rollout_check_idempotence_and_reset(lab_state):
+def test_overlay_rollout_check_idempotence_and_reset(lab_state, engine):
     state = lab.up(3, path=lab_state)
     nodes = state["nodes"]
     # host-gw with a node off the segment: refused in the plan, nothing on any node changes
     before = snapshot(state)
-    bad = site(lab_state, "-e", "overlay_backend=host-gw", "-e", '{"overlay_node_ip": "10.9.9.9"}',
+    bad = site(lab_state, engine, "-e", "overlay_backend=host-gw", "-e", '{"overlay_node_ip": "10.9.9.9"}',
                "--limit", "all")
     text = " ".join(bad.output.split())
     assert bad.rc != 0 and "node subnet plan for network 'overlay' rejected, no node changed" in text, text[-3000:]
     assert "same node IP" in text  # every node claims 10.9.9.9: caught before the segment check
     assert snapshot(state) == before
 
-    check = site(lab_state, "--check")
+    check = site(lab_state, engine, "--check")
     assert check.rc == 0, check.output[-4000:]
     assert check.changed > 0 and snapshot(state) == before
 
-    first = site(lab_state)
+    first = site(lab_state, engine)
     assert first.rc == 0, first.output[-4000:]
     for n in nodes:
         conf = json.loads(lab.run_in(n["pid"], ["cat", "/etc/cni/net.d/10-overlay.conflist"]).stdout)
@@ -65,7 +78,7 @@ def test_overlay_rollout_check_idempotence_and_reset(lab_state):
                 assert lab.run_in(a["pid"], ["ip", "netns", "exec", "p1", "ping", "-c1", "-W2", ips[b["name"]]],
                                   check=False).returncode == 0, (a["name"], b["name"])
 
-    again = site(lab_state)
+    again = site(lab_state, engine)
     assert again.rc == 0 and again.changed == 0, again.output[-4000:]
 
     for n in nodes:  # the pods go first, as a drain would take them
@@ -73,7 +86,7 @@ def test_overlay_rollout_check_idempotence_and_reset(lab_state):
         lab.run_in(n["pid"], ["sh", "-c", f"{env} /opt/cni/bin/cnikit net del overlay /run/netns/p1 && ip netns del p1"])
     daemons = [int(lab.run_in(n["pid"], ["cat", "/run/cnikit/overlay/overlayd.pid"]).stdout.split()[0]) for n in nodes]
     assert all(os.path.exists(f"/proc/{pid}") for pid in daemons)
-    reset = site(lab_state, "-e", "overlay_state=absent")
+    reset = site(lab_state, engine, "-e", "overlay_state=absent")
     assert reset.rc == 0, reset.output[-4000:]
     for n in nodes:
         links = lab.run_in(n["pid"], ["ip", "-br", "link"]).stdout

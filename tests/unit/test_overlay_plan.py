@@ -28,7 +28,7 @@ def test_flannel_layout_second_subnet_first():
     lease = plan["k8s-node01"]
     assert lease.key == "10.244.2.0-24" and str(lease.gateway) == "10.244.2.1" and str(lease.vtep_ip) == "10.244.2.0"
     assert lease.vtep_mac == "0e:c1:0a:f4:02:00"
-    assert json.loads(lease.text()) == {"PublicIP": "192.168.80.101", "BackendType": "vxlan", "NodeName": "k8s-node01",
+    assert json.loads(lease.text()) == {"PublicIP": "192.168.80.101", "BackendType": "vxlan", "Node": "k8s-node01",
                                         "BackendData": {"VNI": 1, "VtepMAC": "0e:c1:0a:f4:02:00"}}
 
 
@@ -86,7 +86,7 @@ def test_node_ip_checks():
 def test_lease_parse_round_trip_and_errors():
     lease = subnets.plan(["a"], {"a": "192.168.80.100"})["a"]
     assert leases.parse(lease.key, lease.text()) == lease
-    # a flannel-written lease (no NodeName, kernel MAC) parses too
+    # a flannel-written lease (no Node, kernel MAC) parses too
     other = leases.parse("10.244.7.0-24", '{"PublicIP":"10.0.0.7","BackendType":"vxlan",'
                                           '"BackendData":{"VNI":1,"VtepMAC":"AA:BB:CC:00:11:22"}}')
     assert other.vtep_mac == "aa:bb:cc:00:11:22" and other.node == ""

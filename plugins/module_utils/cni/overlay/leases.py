@@ -1,7 +1,8 @@
 """Node subnet leases and where they come from.
 
 A lease is flannel's: the key `<subnet ip>-<prefix len>` (e.g. `10.244.1.0-24`) and the document
-`{"PublicIP", "BackendType", "BackendData": {"VNI", "VtepMAC"}}` (plus `"NodeName"`, ours). The daemon
+`{"PublicIP", "BackendType", "BackendData": {"VNI", "VtepMAC"}}` plus `"Node"` (the node's name, as the
+etcd subnet leases of `cluster/subnets.py` write it). The daemon
 reads the whole set from a `LeaseSource`; two sources share that one interface:
 
 - `DirLeaseSource`: a directory with one `<key>.json` file per lease. Without etcd the role writes
@@ -72,7 +73,7 @@ class Lease:
         if self.backend == VXLAN:
             doc["BackendData"] = {"VNI": self.vni, "VtepMAC": self.vtep_mac}
         if self.node:
-            doc["NodeName"] = self.node
+            doc["Node"] = self.node
         return doc
 
     def text(self) -> str:
@@ -92,9 +93,9 @@ def parse(key: str, text: str) -> Lease:
     try:
         doc = json.loads(text)
         public_ip = ipaddress.IPv4Address(doc["PublicIP"])
-        backend = doc.get("BackendType", VXLAN)
+        backend = doc.get("BackendType") or VXLAN
         data = doc.get("BackendData") or {}
-        node = str(doc.get("NodeName") or "")
+        node = str(doc.get("Node") or "")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LeaseError(f"lease {key}: not a lease document ({exc})") from None
     if backend not in BACKENDS:
