@@ -25,7 +25,7 @@ def engine():
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
-def site(lab_state, engine, engine, *args):
+def site(lab_state, engine, *args):
     return play.playbook(SITE, ["-e", "cni_pod_network=overlay", "-e", f"cni_plugins_engine_src={engine}", *args],
                          extra_env={"CNIKIT_LAB_STATE": lab_state})
 
