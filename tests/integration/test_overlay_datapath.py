@@ -35,7 +35,7 @@ def node(netns):
 
 def reconcile(ns, own, lset, backend=VXLAN):
     with link.in_netns(f"/run/netns/{ns}"):
-        ipr = link.iproute()
+        ipr = link.rtnl()
         try:
             return datapath.reconcile(ipr, own, lset, backend)
         finally:
@@ -136,7 +136,7 @@ def test_remove_takes_only_ours(node):
     reconcile(node, plan["n0"], plan.values())
     ip(node, "route", "add", "10.99.0.0/16", "via", "192.168.80.2")
     with link.in_netns(f"/run/netns/{node}"):
-        ipr = link.iproute()
+        ipr = link.rtnl()
         assert datapath.remove(ipr, VXLAN) == 4 + 1  # 4 routes, the device (masq table was never made)
         ipr.close()
     assert "flannel.1" not in ip(node, "link") and ip(node, "route", "show", "proto", "241") == ""

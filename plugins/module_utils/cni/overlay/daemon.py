@@ -38,7 +38,7 @@ class Config:
     lease_dir: str
     run_dir: str = DEFAULT_RUN_DIR
     masquerade: bool = True
-    resync: float = 10.0
+    resync: float = 30.0
 
     @classmethod
     def load(cls, path: str) -> "Config":
@@ -50,7 +50,7 @@ class Config:
                        backend=datapath.Backend(str(b.get("type", "vxlan")), int(b.get("vni", 1)),
                                                 int(b.get("port", 8472)), str(b.get("uplink", ""))),
                        lease_dir=str(doc["lease_dir"]), run_dir=str(doc.get("run_dir", DEFAULT_RUN_DIR)),
-                       masquerade=bool(doc.get("masquerade", True)), resync=float(doc.get("resync", 10.0)))
+                       masquerade=bool(doc.get("masquerade", True)), resync=float(doc.get("resync", 30.0)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"overlayd: cannot use config {path}: {exc}") from None
 
@@ -94,6 +94,11 @@ class Daemon:
         self.last: Optional[Dict[str, Lease]] = None
         self.error: Optional[str] = None
         self.stop = False
+        self.ipr: Any = None
+        self.node: Optional[datapath.Node] = None
+        self.own: Optional[Lease] = None
+        self.applied: Optional[datapath.Entries] = None  # our entries as the last pass left them
+        self.changed_at: Optional[float] = None
 
     def step(self, force: bool = False, check: bool = False) -> Optional[Dict[str, Any]]:
         """One read-and-reconcile; None when nothing was done (source unreadable or unchanged)."""
@@ -115,30 +120,51 @@ class Daemon:
                 log(f"no lease for node {self.cfg.node!r} yet ({len(leases)} leases): waiting")
             self.error = "no own lease"
             return None
-        started = time.monotonic()
-        ipr = link.iproute()
-        try:
-            if check:
+        if check:
+            ipr = link.rtnl()
+            try:
                 return self._check(ipr, own, leases)
-            if self.cfg.masquerade and self.last is None:
-                datapath.ensure_masq(self.cfg.cluster_cidr)
+            finally:
+                ipr.close()
+        if self.ipr is None:
+            self.ipr = link.rtnl()  # one socket for the daemon's life
+        ipr = self.ipr
+        if self.cfg.masquerade and self.last is None:
+            datapath.ensure_masq(self.cfg.cluster_cidr)
             link.sysctl_set("net/ipv4/ip_forward", "1")
-            changes, refused, node = datapath.reconcile(ipr, own, leases.values(), self.cfg.backend)
-            counts = datapath.current(ipr, node).counts()
-        finally:
-            ipr.close()
+        # A full pass reads the kernel (start, resync, after an error or a conflict, a changed own lease);
+        # otherwise the difference is taken against what the last pass left (a join costs its 3 requests).
+        full = force or self.applied is None or self.node is None or own != self.own
+        started = time.monotonic()
+        node = datapath.ensure_node(ipr, self.cfg.backend, own) if full else self.node
+        want, refused = datapath.desired(own, leases.values(), self.cfg.backend, node)
+        result = datapath.apply(ipr, node, want, datapath.current(ipr, node) if full else self.applied)
+        took = time.monotonic() - started
+        changes = {k: result[k] for k in ("added", "removed")}
+        refused = refused + result["conflicts"]
+        self.node, self.own = node, own
+        self.applied = None if result["conflicts"] else want
         for msg in refused:
             log(msg)
-        took = time.monotonic() - started
         if changes["added"] or changes["removed"] or self.last is None:
-            log(f"{len(leases)} leases: +{changes['added']} -{changes['removed']} entries in {took * 1000:.1f} ms")
+            log(f"{len(leases)} leases: +{changes['added']} -{changes['removed']} entries in {took * 1000:.1f} ms"
+                f"{' (full pass)' if full else ''}")
         self.last = leases
+        now = time.time()
+        if changes["added"] or changes["removed"] or self.changed_at is None:
+            self.changed_at = now
         status = {"node": self.cfg.node, "subnet": str(own.subnet), "backend": self.cfg.backend.kind,
-                  "mtu": node.mtu, "leases": len(leases), "entries": counts, "refused": refused,
-                  "changes": changes, "reconcile_ms": round(took * 1000, 2), "at": time.time()}
+                  "mtu": node.mtu, "leases": len(leases), "entries": want.counts(), "refused": refused,
+                  "changes": changes, "full": full, "reconcile_ms": round(took * 1000, 2), "at": now,
+                  "changed_at": self.changed_at}  # when the kernel last had to change (a join, a leave)
         _write(os.path.join(self.cfg.run_dir, "subnet.env"), subnet_env(self.cfg, own, node.mtu))
         _write(os.path.join(self.cfg.run_dir, "status.json"), json.dumps(status, indent=1) + "\n")
         return status
+
+    def close(self) -> None:
+        if self.ipr is not None:
+            self.ipr.close()
+            self.ipr = None
 
     def _check(self, ipr: Any, own: Lease, leases: Dict[str, Lease]) -> Dict[str, Any]:
         """What a reconcile would change, touching nothing (a missing device: every entry is new)."""
@@ -164,13 +190,15 @@ class Daemon:
             force = time.monotonic() >= next_resync
             try:
                 self.step(force=force)
-            except Exception as exc:  # noqa: BLE001 - a failed pass is retried; the daemon stays up
+            except Exception as exc:  # noqa: BLE001 - a failed pass is retried (in full); the daemon stays up
                 log(f"reconcile failed, retrying: {exc}")
-                self.last = None
+                self.last, self.applied = None, None
+                self.close()
                 time.sleep(0.5)
             if force:
                 next_resync = time.monotonic() + self.cfg.resync
             self.source.wait(min(1.0, max(0.0, next_resync - time.monotonic())))
+        self.close()
         log("stopped (entries left in place)")
         return 0
 
@@ -188,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = Config.load(args.config)
     daemon = Daemon(cfg)
     if args.remove:
-        ipr = link.iproute()
+        ipr = link.rtnl()
         try:
             removed = datapath.remove(ipr, cfg.backend)
         finally:
@@ -202,7 +230,10 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"removed": removed}))
         return 0
     if args.once or args.check:
-        status = daemon.step(force=True, check=args.check)
+        try:
+            status = daemon.step(force=True, check=args.check)
+        finally:
+            daemon.close()
         if status is None:
             print(json.dumps({"error": daemon.error}))
             return 1

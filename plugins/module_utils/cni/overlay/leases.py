@@ -121,6 +121,8 @@ class DirLeaseSource:
         self.path = path
         self.poll = poll
         self._seen: Optional[Tuple[float, int]] = None
+        self._cache: Dict[str, Tuple[Tuple[int, int, int], Lease]] = {}  # parsed leases by file identity
+        self._watch: Optional["_Inotify"] = None
 
     def _stamp(self) -> Optional[Tuple[float, int]]:
         try:
@@ -141,6 +143,12 @@ class DirLeaseSource:
                 continue
             key = name[:-5]
             try:
+                st = os.stat(os.path.join(self.path, name))
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a rewrite is a new inode (rename)
+                cached = self._cache.get(key)
+                if cached and cached[0] == stamp:
+                    out[key] = cached[1]
+                    continue
                 with open(os.path.join(self.path, name), encoding="utf-8") as fh:
                     text = fh.read()
             except FileNotFoundError:  # removed between listdir and open: a leave
@@ -148,14 +156,36 @@ class DirLeaseSource:
             except OSError as exc:
                 raise LeaseSourceError(f"lease {key}: {exc.strerror}") from None
             out[key] = parse(key, text)
+            self._cache[key] = (stamp, out[key])
+        for gone in set(self._cache) - set(out):
+            del self._cache[gone]
         return out
 
     def wait(self, timeout: float) -> None:
+        """inotify on the directory (no wake-ups while nothing happens); polling its mtime every
+        `poll` seconds while it is missing (an outage) or inotify is not available."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._stamp() != self._seen:
                 return
-            time.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
+            left = max(0.0, deadline - time.monotonic())
+            if self._inotify_wait(left):
+                continue  # an event or the timeout: the stamp check above decides
+            time.sleep(min(self.poll, left))
+
+    def _inotify_wait(self, timeout: float) -> bool:
+        """Block until the directory reports an event or `timeout`; False when inotify cannot be used."""
+        import select  # noqa: PLC0415
+
+        if self._watch is None:
+            self._watch = _Inotify.open(self.path)
+            if self._watch is None:
+                return False
+        ready, _, _ = select.select([self._watch.fd], [], [], timeout)
+        if ready and not self._watch.drain():  # the directory itself went away: watch again later
+            self._watch.close()
+            self._watch = None
+        return True
 
     # writing (the role and the lab; a daemon only reads)
     def put(self, lease: Lease) -> None:
@@ -166,6 +196,52 @@ class DirLeaseSource:
             os.unlink(os.path.join(self.path, f"{key}.json"))
         except FileNotFoundError:
             pass
+
+
+class _Inotify:
+    """A directory watch (inotify through libc: the stdlib has no binding)."""
+    IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x8, 0x40, 0x80, 0x100, 0x200
+    IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED = 0x400, 0x800, 0x8000
+    MASK = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: str) -> Optional["_Inotify"]:
+        try:
+            import ctypes  # noqa: PLC0415
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                return None
+            if libc.inotify_add_watch(fd, os.fsencode(path), cls.MASK) < 0:
+                os.close(fd)
+                return None
+            return cls(fd)
+        except (OSError, AttributeError):
+            return None
+
+    def drain(self) -> bool:
+        """Read the pending events; False when the watched directory was removed or moved."""
+        import struct  # noqa: PLC0415
+
+        alive = True
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return alive
+            pos = 0
+            while pos + 16 <= len(data):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, pos)
+                if mask & (self.IN_DELETE_SELF | self.IN_MOVE_SELF | self.IN_IGNORED):
+                    alive = False
+                pos += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def write_lease(directory: str, lease: Lease) -> bool:
