@@ -1,8 +1,9 @@
-"""Pod-to-pod latency and TCP throughput across two lab nodes: vxlan vs host-gw vs macvlan, in one run.
+"""Pod-to-pod latency and TCP throughput across two lab nodes: vxlan vs host-gw vs udp vs macvlan, in one run.
 
 One 3-node lab. Pods `p1` on k8s-master and k8s-node01 sit on cni0 (the overlay's bridge + host-local,
-MTU 1450); the datapath between them is switched vxlan <-> host-gw by rewriting the leases and one
-`overlayd --once` per node (ms), so the two backends alternate round by round on the same pods.
+MTU 1450); the datapath between them is switched vxlan -> host-gw -> udp by rewriting the leases, `overlayd --remove`
+and `--once` per node (udp: plus the daemon, whose relay carries the packets), so the backends alternate
+round by round on the same pods.
 Pods `mv` on the same two nodes hang off ens33 as macvlan (bridge mode, the seed's network) and are
 measured in the same rounds. Latency: `ping -c N -i 0.002`, the mean RTT. Throughput: one TCP stream
 for `--seconds` (stdlib Python sender/receiver, 64 KiB writes), the receiver's count.
@@ -28,6 +29,7 @@ import lab  # noqa: E402
 from lab import overlay as ov  # noqa: E402
 
 SYS_PY = "/usr/bin/python3"
+KINDS = ("vxlan", "host-gw", "udp", "macvlan")
 RECV = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
         "s.bind(('0.0.0.0',5201));s.listen(1);print('ready',flush=True);c,_=s.accept();n=0;t=time.monotonic()\n"
         "while True:\n b=c.recv(1<<20)\n if not b: break\n n+=len(b)\nprint(n, time.monotonic()-t)")
@@ -50,15 +52,20 @@ def throughput(src: Dict, dst: Dict, pod: str, ip: str, seconds: float) -> float
 
 
 def use_backend(nodes: List[Dict], lease_dir: str, backend: str) -> None:
+    """Switch every node's datapath: `overlayd --remove` + `--once`; udp also needs the daemon (its relay)."""
     leases = ov.plan(nodes, backend)
     for n in nodes:
+        ov.stop_daemon(n["pid"])
         ov.put_lease(lease_dir, leases[n["name"]])
     for n in nodes:
         ov.configure(n, lease_dir, backend=backend)
-        if backend == "host-gw":
-            ov.overlayd(n["pid"], "--remove")
+        ov.overlayd(n["pid"], "--remove")
         st = ov.overlayd(n["pid"], "--once")
-        assert st["entries"]["routes"] == len(nodes) - 1, st
+        assert st["entries"]["routes"] == (1 if backend == "udp" else len(nodes) - 1), st
+        if backend == "udp":
+            ov.start_daemon(n["pid"])
+    if backend == "udp":
+        time.sleep(1.5)  # the relays bind and learn their peers
 
 
 def main(argv: List[str] = None) -> int:
@@ -70,7 +77,7 @@ def main(argv: List[str] = None) -> int:
     lab.require_sandbox()
     work = tempfile.mkdtemp(prefix="overlay-perf-")
     state_path, lease_dir = os.path.join(work, "state.json"), os.path.join(work, "leases")
-    results: Dict[str, Dict[str, List[float]]] = {k: {"rtt_ms": [], "gbps": []} for k in ("vxlan", "host-gw", "macvlan")}
+    results: Dict[str, Dict[str, List[float]]] = {k: {"rtt_ms": [], "gbps": []} for k in KINDS}
     try:
         state = lab.up(3, path=state_path)
         nodes = state["nodes"]
@@ -89,7 +96,7 @@ def main(argv: List[str] = None) -> int:
             out = lab.run_in(n["pid"], ["sh", "-c", f"{env} {ov.BIN}/cnikit net add mv /run/netns/mv"]).stdout
             mv[n["name"]] = json.loads(out)["ips"][0]["address"].split("/")[0]
         for r in range(args.rounds):
-            for kind in ("vxlan", "host-gw", "macvlan"):
+            for kind in KINDS:
                 if kind != "macvlan":
                     use_backend(nodes, lease_dir, kind)
                 pod, dst = ("mv", mv[b["name"]]) if kind == "macvlan" else ("p1", ips[b["name"]])

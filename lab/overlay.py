@@ -69,7 +69,7 @@ def write_file(pid: int, path: str, text: str) -> None:
 
 
 def configure(node: Dict[str, Any], lease_dir: str, backend: str = "vxlan", resync: float = 10.0) -> None:
-    conf = {"node": node["name"], "cluster_cidr": CLUSTER, "backend": {"type": backend, "vni": 1, "port": 8472},
+    conf = {"node": node["name"], "cluster_cidr": CLUSTER, "backend": {"type": backend, "vni": 1},
             "lease_dir": lease_dir, "resync": resync}
     write_file(node["pid"], CONF, json.dumps(conf))
 

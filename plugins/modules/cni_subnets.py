@@ -59,7 +59,7 @@ options:
   backend:
     description: The backend named in the leases.
     type: str
-    choices: [vxlan, host-gw]
+    choices: [vxlan, host-gw, udp]
     default: vxlan
   vni:
     description: VXLAN network identifier.
@@ -118,7 +118,7 @@ def main() -> None:
             subnet_len=dict(type="int", default=24),
             subnet_min=dict(type="str"),
             subnet_max=dict(type="str"),
-            backend=dict(type="str", choices=["vxlan", "host-gw"], default="vxlan"),
+            backend=dict(type="str", choices=["vxlan", "host-gw", "udp"], default="vxlan"),
             vni=dict(type="int", default=1),
             uplink_cidr=dict(type="str"),
             overrides=dict(type="dict", default={}),

@@ -195,3 +195,34 @@ def test_host_gw_ping_matrix_without_encapsulation(cluster):
     # the pods' MTU was set for vxlan (1450); host-gw pods would get 1500 — pinging across still works
     result = matrix(nodes, cluster["ips"])
     assert all(result.values()), result
+
+
+def test_udp_backend_relays_through_userspace(cluster):
+    """flannel's first mode: flannel0 (tun), one route (the cluster CIDR into it), the daemon's relay
+    carrying bare IP packets in UDP 8285 — and nothing of vxlan/host-gw left."""
+    nodes, leases = cluster["nodes"], ov.plan(cluster["state"]["nodes"], backend="udp")
+    for n in nodes:
+        ov.stop_daemon(n["pid"])
+        ov.overlayd(n["pid"], "--remove")
+        ov.put_lease(cluster["dir"], leases[n["name"]])
+        ov.configure(n, cluster["dir"], backend="udp", resync=2.0)
+    for n in nodes:
+        ov.start_daemon(n["pid"])
+    for n in nodes:
+        ov.wait_for(lambda n=n: (status(n["pid"]) or {}).get("backend") == "udp", 20)
+        st = status(n["pid"])
+        assert st["mtu"] == 1472 and st["entries"] == {"routes": 1, "neighbours": 0, "fdb": 0}
+        assert ov.entries(n["pid"])["routes"] == ["10.244.0.0/16 dev flannel0"]
+        assert "tun" in lab.run_in(n["pid"], ["ip", "-d", "link", "show", "flannel0"]).stdout
+    b = nodes[1]
+    dump = subprocess.Popen(lab.nsenter(b["pid"], ["timeout", "8", "tcpdump", "-l", "-nn", "-i", "ens33", "-c", "1",
+                                                    "udp", "dst", "port", "8285"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert pod_ping(nodes[0]["pid"], cluster["ips"]["k8s-node01"])
+    out = dump.communicate(timeout=15)[0]
+    assert "192.168.80.100." in out and "192.168.80.101.8285: UDP" in out, out
+    result = matrix(nodes, cluster["ips"])
+    assert all(result.values()), result
+    for n in nodes:
+        ov.stop_daemon(n["pid"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from .. import link
-from . import datapath
+from . import datapath, udp
 from .leases import DirLeaseSource, Lease, LeaseError, LeaseSource, LeaseSourceError
 
 DEFAULT_CONFIG = "/etc/cni/cnikit/overlay.json"
@@ -46,9 +46,11 @@ class Config:
             with open(path, encoding="utf-8") as fh:
                 doc = json.load(fh)
             b = doc.get("backend") or {}
+            kind = str(b.get("type", "vxlan"))
+            port = int(b.get("port") or (udp.DEFAULT_PORT if kind == datapath.UDP else 8472))
             return cls(node=str(doc["node"]), cluster_cidr=str(doc["cluster_cidr"]),
-                       backend=datapath.Backend(str(b.get("type", "vxlan")), int(b.get("vni", 1)),
-                                                int(b.get("port", 8472)), str(b.get("uplink", ""))),
+                       backend=datapath.Backend(kind, int(b.get("vni", 1)), port, str(b.get("uplink", "")),
+                                                str(doc["cluster_cidr"])),
                        lease_dir=str(doc["lease_dir"]), run_dir=str(doc.get("run_dir", DEFAULT_RUN_DIR)),
                        masquerade=bool(doc.get("masquerade", True)), resync=float(doc.get("resync", 30.0)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -99,6 +101,8 @@ class Daemon:
         self.own: Optional[Lease] = None
         self.applied: Optional[datapath.Entries] = None  # our entries as the last pass left them
         self.changed_at: Optional[float] = None
+        self.relay: Optional[udp.Relay] = None
+        self.serve_relay = False  # the udp backend's relay runs in the long-lived daemon only
 
     def step(self, force: bool = False, check: bool = False) -> Optional[Dict[str, Any]]:
         """One read-and-reconcile; None when nothing was done (source unreadable or unchanged)."""
@@ -144,6 +148,11 @@ class Daemon:
         refused = refused + result["conflicts"]
         self.node, self.own = node, own
         self.applied = None if result["conflicts"] else want
+        if self.serve_relay and self.cfg.backend.kind == datapath.UDP:
+            if self.relay is None:
+                self.relay = udp.Relay(self.cfg.backend.device, str(own.public_ip), self.cfg.backend.port)
+                self.relay.start()
+            self.relay.set_peers(own, leases.values())
         for msg in refused:
             log(msg)
         if changes["added"] or changes["removed"] or self.last is None:
@@ -168,14 +177,15 @@ class Daemon:
 
     def _check(self, ipr: Any, own: Lease, leases: Dict[str, Lease]) -> Dict[str, Any]:
         """What a reconcile would change, touching nothing (a missing device: every entry is new)."""
-        dev = link.get_link(ipr, self.cfg.backend.device) if self.cfg.backend.kind == datapath.VXLAN else None
+        has_dev = self.cfg.backend.kind in (datapath.VXLAN, datapath.UDP)
+        dev = link.get_link(ipr, self.cfg.backend.device) if has_dev else None
         up = datapath._uplink(ipr, self.cfg.backend, own)  # noqa: SLF001 - same lookup, no changes
         mtu = up["mtu"] - datapath.OVERHEAD[self.cfg.backend.kind]
         node = datapath.Node(up["index"], up["mtu"], datapath._nets(ipr, up["index"]),  # noqa: SLF001
                              dev["index"] if dev else 0, mtu)
         want, refused = datapath.desired(own, leases.values(), self.cfg.backend, node)
-        have = datapath.current(ipr, node) if dev or self.cfg.backend.kind != datapath.VXLAN else datapath.Entries()
-        device_ok = self.cfg.backend.kind != datapath.VXLAN or (dev is not None and dev["mtu"] == mtu)
+        have = datapath.current(ipr, node) if dev or not has_dev else datapath.Entries()
+        device_ok = not has_dev or (dev is not None and dev["mtu"] == mtu)
         return {"node": self.cfg.node, "subnet": str(own.subnet), "mtu": mtu, "refused": refused,
                 "changes": {"added": len(want.routes - have.routes) + len(want.fdb - have.fdb)
                             + len(want.neighbours - have.neighbours),
@@ -184,6 +194,7 @@ class Daemon:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        self.serve_relay = True
         log(f"node {self.cfg.node}, backend {self.cfg.backend.kind}, leases in {self.cfg.lease_dir}")
         next_resync = 0.0
         while not self.stop:
@@ -199,6 +210,8 @@ class Daemon:
                 next_resync = time.monotonic() + self.cfg.resync
             self.source.wait(min(1.0, max(0.0, next_resync - time.monotonic())))
         self.close()
+        if self.relay is not None:
+            self.relay.close()
         log("stopped (entries left in place)")
         return 0
 

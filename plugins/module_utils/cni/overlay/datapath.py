@@ -19,15 +19,16 @@ the cluster CIDR only.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from .. import link, neigh
 from ..netfilter import nft
-from .leases import HOST_GW, VTEP_MAC_PREFIX, VXLAN, Lease
+from .leases import HOST_GW, UDP, VTEP_MAC_PREFIX, VXLAN, Lease
 
 RTPROT_CNIKIT = 241  # rtm_protocol / NDA_PROTOCOL of every entry the daemon writes (unassigned in iproute2)
-OVERHEAD = {VXLAN: 50, HOST_GW: 0}  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+OVERHEAD = {VXLAN: 50, HOST_GW: 0, UDP: 28}  # vxlan: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 MASQ_TABLE = "cnikit_overlay"
 
 
@@ -41,10 +42,11 @@ class Backend:
     vni: int = 1
     port: int = 8472
     uplink: str = ""  # "" = the link holding the node's PublicIP
+    cluster: str = ""  # the cluster CIDR (udp: routed into the tun device)
 
     @property
     def device(self) -> str:
-        return f"flannel.{self.vni}"
+        return "flannel0" if self.kind == UDP else f"flannel.{self.vni}"
 
 
 @dataclass
@@ -90,8 +92,10 @@ def ensure_node(ipr: Any, backend: Backend, own: Lease) -> Node:
     up = _uplink(ipr, backend, own)
     nets = _nets(ipr, up["index"])
     mtu = up["mtu"] - OVERHEAD[backend.kind]
-    if backend.kind != VXLAN:
+    if backend.kind == HOST_GW:
         return Node(up["index"], up["mtu"], nets, 0, mtu)
+    if backend.kind == UDP:
+        return _ensure_tun(ipr, backend, own, up, nets, mtu)
     dev = link.get_link(ipr, backend.device)
     want = {"IFLA_VXLAN_ID": backend.vni, "IFLA_VXLAN_PORT": backend.port,
             "IFLA_VXLAN_LOCAL": str(own.public_ip), "IFLA_VXLAN_LINK": up["index"], "IFLA_VXLAN_LEARNING": 0}
@@ -109,8 +113,27 @@ def ensure_node(ipr: Any, backend: Backend, own: Lease) -> Node:
         dev = link.require_link(ipr, backend.device)
         # no IPv6 on the VTEP: link-local chatter has no FDB entry and only counts as drops
         link.sysctl_try_set(f"net/ipv6/conf/{backend.device}/disable_ipv6", "1")
-    if dev["mac"].lower() != own.vtep_mac or dev["mtu"] != mtu:
-        link.set_link(ipr, dev["index"], address=own.vtep_mac, mtu=mtu)
+    return Node(up["index"], up["mtu"], nets, _device_common(ipr, dev, own, mtu, own.vtep_mac), mtu)
+
+
+def _ensure_tun(ipr: Any, backend: Backend, own: Lease, up: link.Iface, nets: Tuple[ipaddress.IPv4Network, ...],
+                mtu: int) -> Node:
+    """udp: a persistent tun `flannel0` (MTU uplink − 28, address the subnet's .0/32, up); the daemon's
+    relay (udp.py) carries its packets. One route, the cluster CIDR into it, is in desired()."""
+    dev = link.get_link(ipr, backend.device)
+    if dev is not None and dev["kind"] != "tun":
+        raise DatapathError(f"{backend.device} exists and is a {dev['kind'] or 'plain'} link, not ours: remove it")
+    if dev is None:
+        os.close(link.open_tun(backend.device, persist=True))
+        dev = link.require_link(ipr, backend.device)
+        link.sysctl_try_set(f"net/ipv6/conf/{backend.device}/disable_ipv6", "1")
+    return Node(up["index"], up["mtu"], nets, _device_common(ipr, dev, own, mtu, None), mtu)
+
+
+def _device_common(ipr: Any, dev: link.Iface, own: Lease, mtu: int, mac: Optional[str]) -> int:
+    """MTU (and MAC), the address <subnet .0>/32 alone, up: the part both devices share."""
+    if dev["mtu"] != mtu or (mac and dev["mac"].lower() != mac):
+        link.set_link(ipr, dev["index"], mtu=mtu, **({"address": mac} if mac else {}))
     vtep = f"{own.vtep_ip}/32"
     have = link.link_addresses(ipr, dev["index"], family=2)
     for addr in have:
@@ -120,12 +143,16 @@ def ensure_node(ipr: Any, backend: Backend, own: Lease) -> Node:
         ipr.addr("add", index=dev["index"], address=str(own.vtep_ip), prefixlen=32)
     if not dev["up"]:
         link.set_link(ipr, dev["index"], state="up")
-    return Node(up["index"], up["mtu"], nets, dev["index"], mtu)
+    return dev["index"]
 
 
 def desired(own: Lease, leases: Iterable[Lease], backend: Backend, node: Node) -> Tuple[Entries, List[str]]:
     """The entries for every remote lease, and the peers refused (with why)."""
     want, refused = Entries(), []
+    if backend.kind == UDP:  # no per-node kernel entries: the relay holds the peer table
+        if backend.cluster:
+            want.routes.add((backend.cluster, "", node.device_index, False))
+        return want, refused
     for lease in sorted(leases, key=lambda l: int(l.subnet.network_address)):
         if lease.subnet == own.subnet:
             continue
@@ -225,7 +252,7 @@ def remove(ipr: Any, backend: Backend) -> int:
         neigh.del_route(ipr, r, RTPROT_CNIKIT)
         n += 1
     dev = link.get_link(ipr, backend.device)
-    if dev is not None and dev["kind"] == "vxlan":
+    if dev is not None and dev["kind"] in ("vxlan", "tun"):
         ipr.link("del", index=dev["index"])
         n += 1
     if nft.try_run([f"delete table ip {MASQ_TABLE}"]) is None:  # an error = it was not there

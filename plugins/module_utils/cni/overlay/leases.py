@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Protocol, Tuple
 
 VXLAN, HOST_GW, UDP = "vxlan", "host-gw", "udp"
-BACKENDS = (VXLAN, HOST_GW)
+BACKENDS = (VXLAN, HOST_GW, UDP)
 DEFAULT_VNI = 1
 DEFAULT_PORT = 8472  # the Linux kernel's VXLAN port, flannel's default
 # VTEP MACs are derived from the node's subnet: locally administered, unicast, stable across
