@@ -37,7 +37,8 @@ def reconcile(ns, own, lset, backend=VXLAN):
     with link.in_netns(f"/run/netns/{ns}"):
         ipr = link.rtnl()
         try:
-            return datapath.reconcile(ipr, own, lset, backend)
+            done = datapath.reconcile(ipr, own, lset, backend)
+            return done.changes, done.refused, done.node
         finally:
             ipr.close()
 
@@ -151,3 +152,28 @@ def test_a_foreign_route_to_a_pod_subnet_is_reported_not_replaced(node):
     assert refused == ["a route to 10.244.3.0/24 exists and is not ours: left alone, 10.244.3.0/24 stays "
                        "unreachable through the overlay until it is removed"]
     assert ip(node, "route", "show", "10.244.3.0/24").strip() == "10.244.3.0/24 via 192.168.80.2 dev ens33"
+
+
+def test_incremental_pass_and_drift_repaired_by_a_full_pass(node):
+    """What the daemon does: a lease change is applied against what the last pass left (3 requests for a
+    join, no kernel read); a deleted route (drift) is put back by the next full pass (its resync)."""
+    plan = subnets.plan(NODES, IPS)
+    four = [plan[n] for n in NODES[:4]]
+    with link.in_netns(f"/run/netns/{node}"):
+        ipr = link.rtnl()
+        try:
+            first = datapath.reconcile(ipr, plan["n0"], four, VXLAN)
+            assert first.changes == {"added": 9, "removed": 0}
+            sent = []
+            real_send = ipr.send
+            ipr.send = lambda data: (sent.append(data), real_send(data))[1]
+            step = datapath.reconcile(ipr, plan["n0"], plan.values(), VXLAN, first.node, first.want)
+            assert step.changes == {"added": 3, "removed": 0} and len(sent) == 3  # no dump, no link lookups
+            ipr.send = real_send
+            ip(node, "route", "del", "10.244.3.0/24")  # drift
+            assert datapath.reconcile(ipr, plan["n0"], plan.values(), VXLAN, step.node, step.want).changes == \
+                {"added": 0, "removed": 0}  # an incremental pass does not read the kernel
+            assert datapath.reconcile(ipr, plan["n0"], plan.values(), VXLAN).changes == {"added": 1, "removed": 0}
+        finally:
+            ipr.close()
+    assert [len(x) for x in shown(node)] == [4, 4, 4]

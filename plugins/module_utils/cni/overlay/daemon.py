@@ -140,14 +140,12 @@ class Daemon:
         # otherwise the difference is taken against what the last pass left (a join costs its 3 requests).
         full = force or self.applied is None or self.node is None or own != self.own
         started = time.monotonic()
-        node = datapath.ensure_node(ipr, self.cfg.backend, own) if full else self.node
-        want, refused = datapath.desired(own, leases.values(), self.cfg.backend, node)
-        result = datapath.apply(ipr, node, want, datapath.current(ipr, node) if full else self.applied)
+        done = datapath.reconcile(ipr, own, leases.values(), self.cfg.backend,
+                                  None if full else self.node, None if full else self.applied)
         took = time.monotonic() - started
-        changes = {k: result[k] for k in ("added", "removed")}
-        refused = refused + result["conflicts"]
+        changes, refused, node, want = done.changes, done.refused, done.node, done.want
         self.node, self.own = node, own
-        self.applied = None if result["conflicts"] else want
+        self.applied = None if done.conflicts else want
         if self.serve_relay and self.cfg.backend.kind == datapath.UDP:
             if self.relay is None:
                 self.relay = udp.Relay(self.cfg.backend.device, str(own.public_ip), self.cfg.backend.port)

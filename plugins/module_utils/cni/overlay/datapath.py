@@ -221,13 +221,26 @@ def _exists(fn: Any, *args: Any) -> bool:
         raise
 
 
-def reconcile(ipr: Any, own: Lease, leases: Iterable[Lease], backend: Backend,
-              node: Optional[Node] = None) -> Tuple[Dict[str, int], List[str], Node]:
-    """ensure_node + desired + current + apply: one pass."""
-    node = node or ensure_node(ipr, backend, own)
+@dataclass
+class Pass:
+    """One reconcile pass: what changed, the peers refused (and conflicts), the node, the entries wanted."""
+    changes: Dict[str, int]
+    refused: List[str]
+    node: Node
+    want: Entries
+    conflicts: bool
+
+
+def reconcile(ipr: Any, own: Lease, leases: Iterable[Lease], backend: Backend, node: Optional[Node] = None,
+              have: Optional[Entries] = None) -> Pass:
+    """One pass. Full (no `node`/`have`): ensure the device and read ours back from the kernel.
+    Incremental: trust `node` and `have` (what the last pass left) and apply only the difference."""
+    full = node is None or have is None
+    node = ensure_node(ipr, backend, own) if full or node is None else node
     want, refused = desired(own, leases, backend, node)
-    changes = apply(ipr, node, want, current(ipr, node))
-    return {k: changes[k] for k in ("added", "removed")}, refused + changes["conflicts"], node
+    result = apply(ipr, node, want, current(ipr, node) if full or have is None else have)
+    return Pass({k: result[k] for k in ("added", "removed")}, refused + result["conflicts"], node, want,
+                bool(result["conflicts"]))
 
 
 def masq_lines(cluster_cidr: str) -> List[str]:
