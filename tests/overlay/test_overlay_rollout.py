@@ -44,8 +44,10 @@ def snapshot(state):
 def test_overlay_rollout_check_idempotence_and_reset(lab_state, engine):
     state = lab.up(3, path=lab_state)
     nodes = state["nodes"]
-    # host-gw with a node off the segment: refused in the plan, nothing on any node changes
     before = snapshot(state)
+    wrong = site(lab_state, engine, "-e", "cni_pod_network=calico")  # the later -e wins
+    assert wrong.rc != 0 and "cni_pod_network must be macvlan, overlay or routed, not calico" in wrong.output
+    # host-gw with a node off the segment: refused in the plan, nothing on any node changes
     bad = site(lab_state, engine, "-e", "overlay_backend=host-gw", "-e", '{"overlay_node_ip": "10.9.9.9"}',
                "--limit", "all")
     text = " ".join(bad.output.split())
