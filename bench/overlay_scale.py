@@ -25,7 +25,7 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lab  # noqa: E402
 from lab import overlay as ov  # noqa: E402
-from cni.overlay.leases import Lease, vtep_mac  # noqa: E402
+from cni.cluster.leases import Lease, vtep_mac  # noqa: E402
 
 
 def status(pid: int) -> Dict[str, Any]:

@@ -20,8 +20,8 @@ from . import LabError, UPLINK, BRIDGE, _save, _spawn, down, node_names, run_in,
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
-from cni.overlay import subnets  # noqa: E402
-from cni.overlay.leases import Lease, write_lease  # noqa: E402
+from cni.cluster.leases import Lease, write_lease  # noqa: E402
+from cni.state import subnets  # noqa: E402
 
 BIN = os.path.join(ROOT, "build", "bin")
 CLUSTER = "10.244.0.0/16"

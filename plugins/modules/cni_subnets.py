@@ -20,12 +20,9 @@ description:
     C(BackendType), C(BackendData)) and the text of the file each node keeps.
   - Pure computation; meant to run once on the controller before any node is changed.
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: none
 options:
@@ -105,7 +102,7 @@ persist:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.cnikit.cni.plugins.module_utils.cni.overlay import subnets
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import subnets
 
 
 def main() -> None:

@@ -11,8 +11,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cnitest  # noqa: E402,F401 - puts the engine on sys.path
-from cni import link  # noqa: E402
-from cni.overlay import datapath, leases, subnets  # noqa: E402
+from cni.cluster import leases  # noqa: E402
+from cni.net.ns import in_netns  # noqa: E402
+from cni.net.rtnl import rtnl  # noqa: E402
+from cni.node.overlay import datapath  # noqa: E402
+from cni.state import subnets  # noqa: E402
 
 NODES = [f"n{i}" for i in range(5)]
 IPS = {n: f"192.168.80.{100 + i}" for i, n in enumerate(NODES)}
@@ -34,8 +37,8 @@ def node(netns):
 
 
 def reconcile(ns, own, lset, backend=VXLAN):
-    with link.in_netns(f"/run/netns/{ns}"):
-        ipr = link.rtnl()
+    with in_netns(f"/run/netns/{ns}"):
+        ipr = rtnl()
         try:
             done = datapath.reconcile(ipr, own, lset, backend)
             return done.changes, done.refused, done.node
@@ -136,8 +139,8 @@ def test_remove_takes_only_ours(node):
     plan = subnets.plan(NODES, IPS)
     reconcile(node, plan["n0"], plan.values())
     ip(node, "route", "add", "10.99.0.0/16", "via", "192.168.80.2")
-    with link.in_netns(f"/run/netns/{node}"):
-        ipr = link.rtnl()
+    with in_netns(f"/run/netns/{node}"):
+        ipr = rtnl()
         assert datapath.remove(ipr, VXLAN) == 4 + 1  # 4 routes, the device (masq table was never made)
         ipr.close()
     assert "flannel.1" not in ip(node, "link") and ip(node, "route", "show", "proto", "241") == ""
@@ -159,8 +162,8 @@ def test_incremental_pass_and_drift_repaired_by_a_full_pass(node):
     join, no kernel read); a deleted route (drift) is put back by the next full pass (its resync)."""
     plan = subnets.plan(NODES, IPS)
     four = [plan[n] for n in NODES[:4]]
-    with link.in_netns(f"/run/netns/{node}"):
-        ipr = link.rtnl()
+    with in_netns(f"/run/netns/{node}"):
+        ipr = rtnl()
         try:
             first = datapath.reconcile(ipr, plan["n0"], four, VXLAN)
             assert first.changes == {"added": 9, "removed": 0}

@@ -11,7 +11,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "module_utils"))
-from cni.overlay import leases, subnets  # noqa: E402
+from cni.cluster import leases  # noqa: E402
+from cni.state import subnets  # noqa: E402
 
 NODES = ["k8s-master", "k8s-node01", "k8s-node02"]
 IPS = {n: f"192.168.80.{100 + i}" for i, n in enumerate(NODES)}
