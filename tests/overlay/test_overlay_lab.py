@@ -128,29 +128,38 @@ def test_restart_changes_nothing(cluster):
 
 
 def test_a_node_joins_and_leaves_everywhere_within_a_second(cluster):
+    """The time is each daemon's `changed_at` (stamped right after the pass that changed its kernel)
+    minus the lease file's write: the `ip` polling that checks the entries would itself take a good
+    part of a second on this loaded 2-CPU machine."""
     nodes, new, leases = cluster["nodes"], cluster["fourth"], cluster["leases"]
     lease = leases[new["name"]]
-    start = time.monotonic()
-    ov.put_lease(cluster["dir"], lease)
-    waits = [ov.wait_for(lambda n=n: counts(n["pid"]) == (3, 3, 3), 5, step=0.01) for n in nodes]
-    joined = time.monotonic() - start
-    assert joined < JOIN_LIMIT, f"join visible everywhere after {joined:.2f} s ({waits})"
-    ov.start_daemon(new["pid"])
-    ov.wait_for(lambda: (status(new["pid"]) or {}).get("leases") == 4, 20)
-    assert counts(new["pid"]) == (3, 3, 3)
-    ip = ov.add_pod(new["pid"], "p1", ov.netconf(lease, status(new["pid"])["mtu"]))
-    ips = dict(cluster["ips"], **{new["name"]: ip})
-    result = matrix(nodes + [new], ips)
-    assert all(result.values()), result
-    # leave: its lease goes; every other node drops its three entries within the bound
-    start = time.monotonic()
-    os.unlink(os.path.join(cluster["dir"], f"{lease.key}.json"))
-    for n in nodes:
-        ov.wait_for(lambda n=n: counts(n["pid"]) == (2, 2, 2), 5, step=0.01)
-    left = time.monotonic() - start
-    assert left < JOIN_LIMIT, f"leave visible everywhere after {left:.2f} s"
-    assert not any(lease.vtep_mac in " ".join(sum(ov.entries(n["pid"]).values(), [])) for n in nodes)
-    ov.stop_daemon(new["pid"])
+    path = os.path.join(cluster["dir"], f"{lease.key}.json")
+    try:
+        written = time.time()
+        ov.put_lease(cluster["dir"], lease)
+        for n in nodes:
+            ov.wait_for(lambda n=n: counts(n["pid"]) == (3, 3, 3), 10, step=0.05)
+        joined = max(status(n["pid"])["changed_at"] for n in nodes) - written
+        assert 0 < joined < JOIN_LIMIT, f"join in every kernel after {joined:.2f} s"
+        ov.start_daemon(new["pid"])
+        ov.wait_for(lambda: (status(new["pid"]) or {}).get("leases") == 4, 20)
+        assert counts(new["pid"]) == (3, 3, 3)
+        ip = ov.add_pod(new["pid"], "p1", ov.netconf(lease, status(new["pid"])["mtu"]))
+        ips = dict(cluster["ips"], **{new["name"]: ip})
+        result = matrix(nodes + [new], ips)
+        assert all(result.values()), result
+        # leave: its lease goes; every other node drops exactly its three entries
+        written = time.time()
+        os.unlink(path)
+        for n in nodes:
+            ov.wait_for(lambda n=n: counts(n["pid"]) == (2, 2, 2), 10, step=0.05)
+        left = max(status(n["pid"])["changed_at"] for n in nodes) - written
+        assert 0 < left < JOIN_LIMIT, f"leave in every kernel after {left:.2f} s"
+        assert not any(lease.vtep_mac in " ".join(sum(ov.entries(n["pid"]).values(), [])) for n in nodes)
+    finally:
+        ov.stop_daemon(new["pid"])
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_lease_source_outage_keeps_the_last_good_state(cluster):
