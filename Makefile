@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test test-kernel kernel-image test-routed unit imports demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test test-kernel kernel-image test-routed unit imports demo overlay-scale bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -75,8 +75,13 @@ test-kernel: venv plugins kernel-image
 test-routed: deps venv plugins
 	tools/sandbox.sh env CNIKIT_ROUTED_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_plugins_routed.py tests/rollout/test_routed.py $(PYTEST_ARGS)
 
+# `make demo NET=overlay` shows the flannel-style overlay instead of the seed's macvlan network.
 demo: deps venv plugins
-	tools/sandbox.sh $(PY) -m tools.demo
+	tools/sandbox.sh $(PY) -m tools.demo $(if $(NET),--net $(NET))
+
+# The overlay on a 50-node lab: exact per-node entry counts, join/leave and reconcile times (docs/overlay.md).
+overlay-scale: deps venv plugins
+	tools/sandbox.sh $(PY) -m bench.overlay_scale --nodes $(or $(NODES),50)
 
 bench: deps venv plugins
 	tools/sandbox.sh $(PY) -m bench.run

@@ -1,4 +1,5 @@
 """`make demo`: the seed's 3-node macvlan cluster, end to end, on the namespace lab.
+`make demo NET=overlay` (`--net overlay`): the same with the flannel-style vxlan overlay (docs/overlay.md).
 
 lab up 3 -> site.yml -> one busybox pod per node (demo.yml) -> ping matrix pod<->pod across all
 nodes and host<->pod through the macv-host shim -> table -> site.yml again (must report
@@ -83,8 +84,43 @@ def matrix(nodes: List[Dict], shims: Dict[str, str]) -> Tuple[List[List[str]], b
     return rows, ok
 
 
-def table(rows: List[List[str]]) -> str:
+def vxlan_tx(pid: int) -> int:
+    stats = json.loads(lab.run_in(pid, ["ip", "-s", "-j", "link", "show", "flannel.1"]).stdout)[0]["stats64"]
+    return stats["tx"]["packets"]
+
+
+def overlay_matrix(nodes: List[Dict]) -> Tuple[List[List[str]], bool]:
+    """Pod -> every other pod through vxlan, node -> own pod and pod -> node over cni0, and how many
+    packets each node's flannel.1 sent meanwhile (the encapsulation at work)."""
+    pods = {n["name"]: (n["pid"], pod_name(n["name"]), pod_ip(n["pid"], pod_name(n["name"]))) for n in nodes}
+    tx0 = {n["name"]: vxlan_tx(n["pid"]) for n in nodes}
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for src, (pid, pod, _) in pods.items():
+            for dst, (_, _, ip) in pods.items():
+                if src != dst:
+                    jobs[("pod", src, dst)] = pool.submit(ping, pid, ip, pod)
+            jobs[("host->pod", src, src)] = pool.submit(ping, pid, pods[src][2])
+            jobs[("pod->host", src, src)] = pool.submit(ping, pid, pods[src][2].rsplit(".", 1)[0] + ".1", pod)
+        done = {k: f.result() for k, f in jobs.items()}
+    rows, ok = [], all(done.values())
+    for n in nodes:
+        name = n["name"]
+        _, pod, ip = pods[name]
+        reach = [dst for dst in pods if dst != name and done[("pod", name, dst)]]
+        others = len(pods) - 1
+        rows.append([name, ip.rsplit(".", 1)[0] + ".0/24", pod, ip,
+                     f"{len(reach)}/{others}" + ("" if len(reach) == others else " FAIL"),
+                     "ok" if done[("host->pod", name, name)] else "FAIL",
+                     "ok" if done[("pod->host", name, name)] else "FAIL",
+                     f"+{vxlan_tx(n['pid']) - tx0[name]}"])
+    return rows, ok
+
+
+def table(rows: List[List[str]], overlay: bool = False) -> str:
     head = ["NODE", "RANGE", "POD", "POD IP", "POD->PODS", "HOST->POD", "POD->HOST (macv-host)"]
+    if overlay:
+        head = ["NODE", "SUBNET", "POD", "POD IP", "POD->PODS (vxlan)", "HOST->POD", "POD->HOST (cni0)", "FLANNEL.1 TX"]
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
@@ -93,23 +129,30 @@ def table(rows: List[List[str]]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo")
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--net", choices=["macvlan", "overlay"], default=os.environ.get("NET") or "macvlan",
+                        help="the pod network (site.yml's cni_pod_network)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream ansible-playbook output")
     args = parser.parse_args(argv)
     lab.require_sandbox()
     t0 = time.monotonic()
     engine = play.engine_snapshot()
-    site_args = ["-e", f"cni_plugins_engine_src={engine}"]
+    site_args = ["-e", f"cni_plugins_engine_src={engine}", "-e", f"cni_pod_network={args.net}"]
     try:
         step(f"lab up {args.nodes}: switch 192.168.80.2 (hairpin on) + nodes with ens33 uplinks")
         state = lab.up(args.nodes)
         for n in state["nodes"]:
             print(f"    {n['name']:<12} pid {n['pid']:<7} ens33 {n['ip']}/24")
         first = run_play(SITE, "rollout (site.yml)", site_args, args.verbose)
-        run_play(PODS, "pods (demo.yml)", [], args.verbose)
-        step("ping matrix: every pod -> every other pod; node -> its pod and pod -> node via the macv-host shim")
-        shims = {n["name"]: s for n, s in zip(state["nodes"], _shim_addresses(state["nodes"]))}
-        rows, ok = matrix(state["nodes"], shims)
-        print(table(rows))
+        run_play(PODS, "pods (demo.yml)", ["-e", f"cni_pod_network={args.net}"], args.verbose)
+        if args.net == "overlay":
+            step("ping matrix: every pod -> every other pod through vxlan; node <-> its pod over cni0")
+            rows, ok = overlay_matrix(state["nodes"])
+            print(table(rows, overlay=True))
+        else:
+            step("ping matrix: every pod -> every other pod; node -> its pod and pod -> node via the macv-host shim")
+            shims = {n["name"]: s for n, s in zip(state["nodes"], _shim_addresses(state["nodes"]))}
+            rows, ok = matrix(state["nodes"], shims)
+            print(table(rows))
         second = run_play(SITE, "idempotent re-run (site.yml)", site_args, args.verbose)
         if second.changed != 0:
             raise SystemExit(f"demo: the re-run changed {second.changed} things; expected changed=0")

@@ -368,6 +368,27 @@ def create_tap(name: str, multi_queue: bool = False, owner: Optional[int] = None
         os.close(fd)
 
 
+IFF_TUN = 0x0001
+
+
+def open_tun(name: str, persist: bool = False) -> int:
+    """Attach to (or create) the tun device `name` (IP packets, no packet info); returns its fd, which
+    reads and writes the device's packets. `persist`: the device outlives the fd (the overlay's udp
+    backend: a daemon restart re-attaches instead of re-creating)."""
+    import fcntl  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def master_link(ipr: Any, name: str, mtu: Optional[int] = None) -> Iface:
     """The parent of a macvlan/ipvlan/vlan, failing like Go's getMTUByName ("Link not found"); with
     `mtu`, also Go's bound check of the child MTU against the master's."""

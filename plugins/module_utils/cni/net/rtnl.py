@@ -57,6 +57,8 @@ _RTNL_COMMANDS: Dict[str, Dict[str, Tuple[int, str]]] = {
     "addr": {"add": (20, "create"), "del": (21, "req"), "dump": (22, "dump")},
     "route": {"add": (24, "create"), "append": (24, "append"), "del": (25, "req"), "dump": (26, "dump")},
     "vlan_filter": {"add": (19, "req")},  # RTM_SETLINK
+    "neigh": {"add": (28, "create"), "replace": (28, "replace"), "append": (28, "append"), "del": (29, "req"),
+              "dump": (30, "dump")},  # neighbours and (family AF_BRIDGE) FDB entries: net/neigh.py
 }
 
 
@@ -65,7 +67,8 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 
 class Rtnl:
     """An rtnetlink socket in the netns it was opened in, with the subset of pyroute2's IPRoute
-    API the link plugins use (link, addr, route, get_addr, get_routes, brport, vlan_filter).
+    API the link plugins use (link, addr, route, get_addr, get_routes, brport, vlan_filter; neigh
+    for the overlay's neighbour and FDB entries).
 
     pyroute2 still builds every request (its request filters and NetlinkRequest) and parses every
     reply (MarshalRtnl); this class only sends and receives on a plain blocking socket. pyroute2
@@ -114,9 +117,10 @@ class Rtnl:
         from pyroute2.netlink.nlsocket import NetlinkRequest  # noqa: PLC0415
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: PLC0415
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: PLC0415
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg  # noqa: PLC0415
         from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: PLC0415
 
-        msg = {"addr": ifaddrmsg, "route": rtmsg}.get(mode, ifinfmsg)()
+        msg = {"addr": ifaddrmsg, "route": rtmsg, "neigh": ndmsg}.get(mode, ifinfmsg)()
         parameters = {"strict_check": False} if mode == "route" else None  # what pyroute2's route() passes
         dump_filter, kwarg = get_dump_filter(mode, command, kwarg, parameters)
         arguments = get_arguments_processor(mode, command, kwarg, parameters)
@@ -163,6 +167,9 @@ class Rtnl:
     def brport(self, command: str, index: int, **kwarg: Any) -> List[Any]:
         """Bridge-port settings (only "set"): a link request of kind bridge_slave, as in pyroute2."""
         return self.link(command, index=index, kind="bridge_slave", **kwarg)
+
+    def neigh(self, command: str, **kwarg: Any) -> List[Any]:
+        return self.request("neigh", command, kwarg)
 
     def vlan_filter(self, command: str, **kwarg: Any) -> List[Any]:
         return self.request("vlan_filter", command, dict(kwarg, family=7))  # AF_BRIDGE

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .reclaim import add_parser as add_reclaim_parser  # noqa: PLC0415 - stdlib-only module
 
     add_reclaim_parser(sub)  # `cnikit reclaim` (alias gc): node-level leak reclaim (docs/reliability.md)
+    from .overlay.daemon import add_parser as add_overlayd_parser  # noqa: PLC0415 - no pyroute2 at import
+
+    add_overlayd_parser(sub)  # `cnikit overlayd`: the overlay node daemon (docs/overlay.md)
     renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
     renew.add_argument("--once", action="store_true", help="one pass; print each lease's state")
     renew.add_argument("--interval", type=float, default=30.0, help="longest sleep between passes (s)")
@@ -131,6 +134,10 @@ def main(argv: List[str]) -> int:
     try:
         if args.cmd in ("reclaim", "gc"):
             return args.func(args)
+        if args.cmd == "overlayd":
+            from .overlay import daemon  # noqa: PLC0415
+
+            return daemon.main(args)
         if args.cmd == "dhcp-renew":
             from ..ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
 

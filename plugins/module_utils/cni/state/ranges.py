@@ -72,9 +72,12 @@ def _address(value: object, what: str) -> Address:
         raise PlanError(f"invalid {what} {value!r}: not an IP address") from None
 
 
-def _usable(net: Network) -> Tuple[int, int]:
-    """First and last address host-local may hand out (no network/broadcast on IPv4 < /31)."""
+def _usable(net: Network, whole: bool = False) -> Tuple[int, int]:
+    """First and last address host-local may hand out (no network/broadcast on IPv4 < /31);
+    `whole`: every address (the pool is cut into subnets, not host ranges)."""
     first, last = int(net.network_address), int(net.broadcast_address)
+    if whole:
+        return first, last
     if net.version == 4 and net.prefixlen < 31:
         first, last = first + 1, last - 1
     elif net.version == 6 and net.prefixlen < 127:
@@ -115,14 +118,16 @@ def plan(
     overrides: Optional[Mapping[str, object]] = None,
     persisted: Optional[Mapping[str, object]] = None,
     blocks: bool = False,
+    whole: bool = False,
 ) -> Dict[str, NodeRange]:
     """Plan one range per node (in the given order) or raise PlanError. See the module doc.
 
     `blocks`: every range is one CIDR block (a routed network's per-node block, calico's /26):
     `size` a power of two, `pool_start` on a block boundary, and every address of the subnet is
-    usable (a pod address is a /32, so a block's first and last are pod addresses too)."""
+    usable (a pod address is a /32, so a block's first and last are pod addresses too).
+    `whole=True` counts the subnet's network and broadcast addresses as usable (node subnets)."""
     net = _network(subnet)
-    lo, hi = (int(net.network_address), int(net.broadcast_address)) if blocks else _usable(net)
+    lo, hi = _usable(net, whole or blocks)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise PlanError(f"range size must be a positive integer, got {size!r}")
     if blocks and size & (size - 1):
