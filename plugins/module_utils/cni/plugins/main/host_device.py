@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from ... import ipam
 from ...net import link, ns, rtnl
