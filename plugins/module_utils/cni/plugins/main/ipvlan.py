@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ... import ipam
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field, prev_result
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field, prev_result
 from .single import SingleLinkPlugin, mode_field
 
 MODES = {"l2": 0, "l3": 1, "l3s": 2}  # IPVLAN_MODE_*; the first is the default
@@ -31,7 +31,7 @@ class Ipvlan(SingleLinkPlugin):
     name = "ipvlan"
 
     def load(self, conf: Conf) -> IpvlanConf:
-        return IpvlanConf(**base_fields(conf), mtu=conf_field(conf, "mtu", int, 0),
+        return IpvlanConf(**base_fields(conf), mtu=conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE),
                           master=conf_field(conf, "master", str, ""))
 
     def master(self, ipr: Any, n: IpvlanConf, prev: Optional[Result]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .single import SingleLinkPlugin, mode_field
 
 # Go's macvlan plugin has no `source` mode (it needs a MAC list); the first is the default
@@ -33,7 +33,7 @@ class Macvlan(SingleLinkPlugin):
 
     def load(self, ctx: skel.Context, conf: Conf, ipr: Any, lookup_master: bool = True) -> MacvlanConf:
         """Go loadConf: master (default route dev), MTU bound by the master's, MAC precedence."""
-        master, mtu = conf_field(conf, "master", str, ""), conf_field(conf, "mtu", int, 0)
+        master, mtu = conf_field(conf, "master", str, ""), conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         mac = conf_field(conf, "mac", str, "")
         runtime = conf_field(conf, "runtimeConfig", dict, {})
         master_index = 0

@@ -18,7 +18,7 @@ from ... import faults, ipam, netfilter
 from ...net import addr, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .. import NetPlugin, gc_masquerade
 from .single import check_container, check_prelude
 
@@ -35,7 +35,7 @@ class Ptp(NetPlugin):
 
     def load(self, conf: Conf) -> PtpConf:
         """Go's json.Unmarshal into NetConf: every typed key, before anything is done."""
-        return PtpConf(**base_fields(conf), mtu=conf_field(conf, "mtu", int, 0),
+        return PtpConf(**base_fields(conf), mtu=conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE),
                        ipMasq=conf_field(conf, "ipMasq", bool, False),
                        ipMasqBackend=conf_field(conf, "ipMasqBackend", str, None))
 

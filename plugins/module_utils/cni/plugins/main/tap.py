@@ -13,7 +13,7 @@ from typing import Any, Optional
 from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 
@@ -31,7 +31,7 @@ class Tap(SingleLinkPlugin):
     name = "tap"
 
     def load(self, ctx: skel.Context, conf: Conf) -> TapConf:
-        n = {"mtu": conf_field(conf, "mtu", int, 0), "mac": conf_field(conf, "mac", str, ""),
+        n = {"mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE), "mac": conf_field(conf, "mac", str, ""),
              "multiQueue": conf_field(conf, "multiQueue", bool, False), "owner": conf_field(conf, "owner", int),
              "group": conf_field(conf, "group", int), "bridge": conf_field(conf, "bridge", str, "")}
         if conf_field(conf, "selinuxContext", str, ""):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ... import ipam
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 
@@ -31,7 +31,7 @@ class Vlan(SingleLinkPlugin):
 
     def load(self, conf: Conf) -> VlanConf:
         n = VlanConf(**base_fields(conf), master=conf_field(conf, "master", str, ""),
-                     vlanId=conf_field(conf, "vlanId", int, 0), mtu=conf_field(conf, "mtu", int, 0))
+                     vlanId=conf_field(conf, "vlanId", int, 0), mtu=conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE))
         if not n.master:
             raise rtnl.fail('"master" field is required. It specifies the host interface name to create the VLAN '
                             "for.")
