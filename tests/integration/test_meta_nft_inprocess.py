@@ -82,7 +82,7 @@ def scenario():
     netfilter.setup_ipmasq("mnet", "c1", ["10.60.0.2/24", "fd60::2/64"])
     netfilter.setup_ipmasq("mnet", "c2", ["10.60.0.3/24"])
     portmap.nft_add(pm_settings("10.62.0.2/24", [TCP, UDP]), "pmnet", "p1")
-    firewall.nft_add({"policy": "none"}, FW_RESULT)
+    firewall.nft_add(firewall.FirewallConf(ingressPolicy="none"), FW_RESULT)
     return mu.nft_ruleset()
 
 
@@ -133,7 +133,7 @@ def test_one_batch_per_add_and_per_del_and_no_listing(clean, calls):
     portmap.nft_del("pmnet", "p2", s)
     assert len(calls) == 4
     fw = {"cniVersion": "1.0.0", "ips": [{"address": "10.61.0.10/24"}]}
-    firewall.nft_add({"policy": "none"}, fw)
+    firewall.nft_add(firewall.FirewallConf(ingressPolicy="none"), fw)
     firewall.nft_del(fw)
     assert len(calls) == 6
     assert not any(c.startswith(("list", "get")) for c in calls), calls

@@ -190,7 +190,7 @@ def _canonical_set(raw: Any) -> RangeSet:
     return rs
 
 
-@dataclass
+@dataclass(frozen=True)
 class IpamConf:
     name: str
     ranges: List[RangeSet]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 from ..protocol import spec
 from ..protocol.spec import CNIError
@@ -18,7 +18,22 @@ from .rtnl import Rtnl, errstr, fail, is_enodev, json_quote, netlink_error_code
 from .sysctl import sysctl_get, sysctl_set, sysctl_try_set
 
 
-Iface = Dict[str, Any]  # {"name", "index", "mac", "mtu", "kind", "master", "link", "up", "alias", ...}
+class Iface(TypedDict):
+    """A link as iface_info reads it: a typed record the plugins index like the dict it is
+    (a TypedDict, so the many `iface["name"]` reads and `dict(iface, ...)` copies stay as they are)."""
+
+    name: str
+    index: int
+    mac: str
+    mtu: int
+    kind: Optional[str]
+    linkinfo: Any  # the IFLA_LINKINFO message, decoded lazily by info_data
+    master: Optional[int]
+    link: Optional[int]
+    up: bool
+    promisc: bool
+    alias: Optional[str]
+    operstate: Optional[str]
 
 
 # The kernel's macvlan modes (MACVLAN_MODE_* of linux/if_link.h), the default first: the one list

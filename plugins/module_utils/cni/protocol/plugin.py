@@ -4,7 +4,8 @@ A leaf below IPAM and the plugins: both import it, it imports only the protocol 
 for the type names and ../plugins/__init__.py for NetPlugin, the main/meta base)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import skel, spec
 from .spec import CNIError
@@ -41,6 +42,35 @@ class Plugin:
 
     def status(self, ctx: skel.Context, conf: Conf) -> None:
         """Ready by default."""
+
+
+@dataclass(frozen=True)
+class NetConf:
+    """The fields every plugin config shares (Go types.NetConf plus runtimeConfig): each plugin's
+    typed, frozen config derives from it and adds its own fields, parsed once by its `load` with
+    conf_field so a wrong type fails with Go's text. The shared ones are kept as given (skel
+    validated cniVersion/name/type; IPAM delegation still gets the raw dict)."""
+
+    cniVersion: str = ""
+    name: str = ""
+    type: str = ""
+    ipam: Mapping[str, Any] = field(default_factory=dict)
+    dns: Optional[Mapping[str, Any]] = None
+    runtimeConfig: Mapping[str, Any] = field(default_factory=dict)
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    prevResult: Optional[Result] = None
+
+
+def base_fields(conf: Conf) -> Dict[str, Any]:
+    """The NetConf fields of `conf`, as keyword arguments for a plugin config's constructor
+    (a plugin that type-checks runtimeConfig passes its conf_field value over this one)."""
+    def mapping(key: str) -> Mapping[str, Any]:
+        val = conf.get(key)
+        return val if isinstance(val, dict) else {}
+
+    return {"cniVersion": conf.get("cniVersion", ""), "name": conf.get("name", ""), "type": conf.get("type", ""),
+            "ipam": mapping("ipam"), "dns": conf.get("dns"), "runtimeConfig": mapping("runtimeConfig"),
+            "capabilities": mapping("capabilities"), "prevResult": conf.get("prevResult")}
 
 
 def prev_result(conf: Conf, required: bool = True) -> Optional[Result]:

@@ -15,22 +15,40 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ... import faults, ipam, netfilter
 from ...net import addr, check, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field, prev_result
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field, prev_result
 from .. import NetPlugin, gc_masquerade
 
 OPER_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # Go: how long the host veth may take to come up
 
 
+@dataclass(frozen=True)
+class BridgeConf(NetConf):
+    bridge: str = "cni0"
+    isGateway: bool = False  # after load: also set by isDefaultGateway
+    isDefaultGateway: bool = False
+    forceAddress: bool = False
+    ipMasq: bool = False
+    hairpinMode: bool = False
+    promiscMode: bool = False
+    macspoofchk: bool = False
+    enabledad: bool = False
+    mtu: int = 0
+    vlan: int = 0
+    ipMasqBackend: Optional[str] = None
+    mac: str = ""  # after load: CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac
+
+
 class Bridge(NetPlugin):
     name = "bridge"
 
-    def load(self, ctx: skel.Context, conf: Conf) -> Dict[str, Any]:
+    def load(self, ctx: skel.Context, conf: Conf) -> BridgeConf:
         """Go loadNetConf: typed keys, VLAN range, MAC precedence."""
         n: Dict[str, Any] = {"bridge": conf_field(conf, "bridge", str, "cni0") or "cni0"}
         for key in ("isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "hairpinMode", "promiscMode",
@@ -38,7 +56,7 @@ class Bridge(NetPlugin):
             n[key] = conf_field(conf, key, bool, False)
         n["mtu"] = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         n["vlan"] = conf_field(conf, "vlan", int, 0)
-        n["backend"] = conf_field(conf, "ipMasqBackend", str, None)
+        n["ipMasqBackend"] = conf_field(conf, "ipMasqBackend", str, None)
         if n["vlan"] < 0 or n["vlan"] > 4094:
             raise rtnl.fail(f"invalid VLAN ID {n['vlan']} (must be between 0 and 4094)")
         n["mac"] = skel.load_args(ctx.args, {"MAC": str}).get("MAC", "")
@@ -49,24 +67,24 @@ class Bridge(NetPlugin):
                 n["mac"] = source["mac"]
         if n["isDefaultGateway"]:
             n["isGateway"] = True
-        return n
+        return BridgeConf(**{**base_fields(conf), "runtimeConfig": runtime}, **n)
 
     # --- ADD -------------------------------------------------------------------------------
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(ctx, conf)
-        if n["hairpinMode"] and n["promiscMode"]:
+        if n.hairpinMode and n.promiscMode:
             raise rtnl.fail("cannot set hairpin mode and promiscuous mode at the same time.")
         with rtnl.rtnl() as ipr:
-            br = ensure_bridge(ipr, n["bridge"], n["mtu"], n["promiscMode"], n["vlan"] != 0)
-            host, cont = attach_veth(ipr, br, ctx.netns, ctx.ifname, n["mtu"], n["hairpinMode"], n["vlan"],
-                                     n["mac"])
+            br = ensure_bridge(ipr, n.bridge, n.mtu, n.promiscMode, n.vlan != 0)
+            host, cont = attach_veth(ipr, br, ctx.netns, ctx.ifname, n.mtu, n.hairpinMode, n.vlan,
+                                     n.mac)
             result = spec.new_result(interfaces=[{"name": br["name"], "mac": br["mac"]},
                                                  {"name": host["name"], "mac": host["mac"]},
                                                  {"name": ctx.ifname, "mac": cont["mac"], "sandbox": ctx.netns}])
             done = {"ipam": False, "masq": False, "spoof": False}
             try:
-                if n["macspoofchk"]:
+                if n.macspoofchk:
                     done["spoof"] = True
                     spoofcheck_setup(host["name"], cont["mac"], f"{ctx.container_id}-{ctx.ifname}")
                 br_now = None
@@ -77,9 +95,9 @@ class Bridge(NetPlugin):
                         with rtnl.rtnl() as cipr:
                             link.set_link(cipr, link.require_link(cipr, ctx.ifname)["index"], state="up")
                 if br_now is None:  # Go refetches: the MAC changes when the first port joins
-                    br_now = link.get_link(ipr, n["bridge"])
+                    br_now = link.get_link(ipr, n.bridge)
                 if br_now is None or br_now["kind"] != "bridge":
-                    raise rtnl.fail(f"could not lookup {rtnl.json_quote(n['bridge'])}: Link not found")
+                    raise rtnl.fail(f"could not lookup {rtnl.json_quote(n.bridge)}: Link not found")
                 result["interfaces"][0]["mac"] = br_now["mac"]
             except BaseException:
                 self._undo(ctx, conf, n, done)
@@ -87,7 +105,7 @@ class Bridge(NetPlugin):
         result["dns"] = spec.new_result(dns=conf.get("dns"))["dns"]
         return result
 
-    def _add_l3(self, ctx: skel.Context, conf: Conf, n: Dict[str, Any], ipr: Any, cont: link.Iface,
+    def _add_l3(self, ctx: skel.Context, conf: Conf, n: BridgeConf, ipr: Any, cont: link.Iface,
                 host: link.Iface, result: Result, done: Dict[str, bool]) -> Optional[link.Iface]:
         """IPAM, the container side, the gateway on the bridge, masquerade. Returns the bridge as
         refetched for the gateway when nothing after that can change it, else None."""
@@ -97,9 +115,9 @@ class Bridge(NetPlugin):
         result["ips"], result["routes"] = got["ips"], got["routes"]
         if not result["ips"]:
             raise rtnl.fail("IPAM plugin returned missing IP config")
-        gateways = calc_gateways(result, n["isGateway"], n["isDefaultGateway"])
+        gateways = calc_gateways(result, n.isGateway, n.isDefaultGateway)
         with ns.in_netns(ctx.netns):
-            if n["enabledad"]:
+            if n.enabledad:
                 sysctl.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/enhanced_dad", "1")
                 sysctl.sysctl_try_set(f"net/ipv6/conf/{ctx.ifname}/accept_dad", "1")
             else:
@@ -109,30 +127,30 @@ class Bridge(NetPlugin):
                 link.configure_iface(cipr, ctx.ifname, result, cont)
         wait_oper_up(ipr, host["name"])
         br = None
-        if n["isGateway"]:
+        if n.isGateway:
             # refetch: a bridge whose ports all went (e.g. an ADD killed before its address was set)
             # has MAC 00:00:00:00:00:00 until this veth joined; pinning that stale MAC fails (Go #620)
-            br = link.require_link(ipr, n["bridge"])
+            br = link.require_link(ipr, n.bridge)
             target = br
             for family in (4, 6):
                 for gw in gateways[family]:
-                    if n["vlan"]:
-                        target = ensure_vlan_gateway(ipr, br, n["vlan"], result)
+                    if n.vlan:
+                        target = ensure_vlan_gateway(ipr, br, n.vlan, result)
                     # Go pins the MAC of the link it addresses to that link's own: for the vlan
                     # gateway, its own MAC (the bridge's would be a local fdb entry of the bridge)
-                    ensure_addr(ipr, target, target["mac"] if n["vlan"] else br["mac"], gw, n["forceAddress"],
-                                "failed to set vlan interface for bridge with addr" if n["vlan"] else
+                    ensure_addr(ipr, target, target["mac"] if n.vlan else br["mac"], gw, n.forceAddress,
+                                "failed to set vlan interface for bridge with addr" if n.vlan else
                                 "failed to set bridge addr")
                 if gateways[family]:
                     sysctl.enable_forward(family)
-        if n["ipMasq"]:
-            netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
-                                   n["backend"])
+        if n.ipMasq:
+            netfilter.setup_ipmasq(n.name, ctx.container_id, [ip["address"] for ip in result["ips"]],
+                                   n.ipMasqBackend)
             done["masq"] = True
             faults.point("bridge.after_masq")
-        return None if n["vlan"] else br  # a vlan gateway's veth joined the bridge after the refetch
+        return None if n.vlan else br  # a vlan gateway's veth joined the bridge after the refetch
 
-    def _undo(self, ctx: skel.Context, conf: Conf, n: Dict[str, Any], done: Dict[str, bool]) -> None:
+    def _undo(self, ctx: skel.Context, conf: Conf, n: BridgeConf, done: Dict[str, bool]) -> None:
         """Take back a failed ADD: the veth pair (deleting one end deletes both), IPAM, masquerade.
         The bridge stays, as in Go: other containers may already use it."""
         try:
@@ -143,7 +161,7 @@ class Bridge(NetPlugin):
             if done["spoof"]:
                 spoofcheck_teardown(f"{ctx.container_id}-{ctx.ifname}")
             if done["masq"]:
-                netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, n["backend"])
+                netfilter.teardown_ipmasq(n.name, ctx.container_id, None, n.ipMasqBackend)
             if done["ipam"]:
                 ipam.delegate("DEL", ctx, conf)
         except CNIError:
@@ -154,14 +172,14 @@ class Bridge(NetPlugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         n = self.load(ctx, conf)
         l3 = bool(ipam.ipam_type(conf))
-        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=l3 and n["ipMasq"])
+        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=l3 and n.ipMasq)
         if l3:
             ipam.delegate("DEL", ctx, conf)  # after the link, like v1.1.1 (plugins#666)
-        if n["macspoofchk"]:
+        if n.macspoofchk:
             spoofcheck_teardown(f"{ctx.container_id}-{ctx.ifname}")
-        if l3 and n["ipMasq"]:
+        if l3 and n.ipMasq:
             # addresses unknown (netns or link already gone): remove whatever is the container's
-            netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, n["backend"])
+            netfilter.teardown_ipmasq(n.name, ctx.container_id, addrs or None, n.ipMasqBackend)
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
         gc_masquerade(conf)
@@ -180,12 +198,12 @@ class Bridge(NetPlugin):
         br_map: Dict[str, Any] = {}
         cont_map: Dict[str, Any] = {}
         for intf in result["interfaces"]:
-            if intf.get("name") == n["bridge"]:
+            if intf.get("name") == n.bridge:
                 br_map = intf
             elif intf.get("name") == ctx.ifname and intf.get("sandbox") == ctx.netns:
                 cont_map = intf
         with rtnl.rtnl() as ipr:
-            br = check_bridge(ipr, br_map, n["promiscMode"])
+            br = check_bridge(ipr, br_map, n.promiscMode)
             if ctx.netns != cont_map.get("sandbox", ""):
                 raise rtnl.fail(f"Sandbox in prevResult {cont_map.get('sandbox', '')} doesn't match configured "
                                 f"netns: {ctx.netns}")
@@ -200,14 +218,14 @@ class Bridge(NetPlugin):
                     found_veth = True
                     break
             if not found_veth:
-                raise rtnl.fail(f"CNI veth created for bridge {n['bridge']} was not found")
+                raise rtnl.fail(f"CNI veth created for bridge {n.bridge} was not found")
         with ns.in_netns(ctx.netns):
             with rtnl.rtnl() as cipr:
                 check.check_interface_ips(cipr, ctx.ifname, result["ips"])
                 check.check_routes(cipr, result["routes"])
-        if n["ipMasq"] and result["ips"]:
-            netfilter.check_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
-                                   n["backend"])
+        if n.ipMasq and result["ips"]:
+            netfilter.check_ipmasq(n.name, ctx.container_id, [ip["address"] for ip in result["ips"]],
+                                   n.ipMasqBackend)
 
 
 # --- steps (kept module-level: the vlan gateway reuses attach_veth) ----------------------------

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ... import ipam
 from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field
 from .. import NetPlugin
 from .single import check_container, check_prelude
 
@@ -28,7 +29,16 @@ SYS_BUS_PCI = "/sys/bus/pci/devices"
 USERSPACE_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
 
 
-def load(conf: Conf) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class HostDeviceConf(NetConf):
+    device: str = ""
+    hwaddr: str = ""
+    kernelpath: str = ""
+    pciBusID: str = ""  # after load: runtimeConfig.deviceID when given
+    dpdk: bool = False  # the PCI device is bound to a userspace driver: not moved
+
+
+def load(conf: Conf) -> HostDeviceConf:
     n = {k: conf_field(conf, k, str, "") for k in ("device", "hwaddr", "kernelpath", "pciBusID")}
     runtime = conf_field(conf, "runtimeConfig", dict, {})
     if isinstance(runtime.get("deviceID"), str) and runtime["deviceID"]:
@@ -46,28 +56,28 @@ def load(conf: Conf) -> Dict[str, Any]:
             raise rtnl.fail(f"error with host device: lstat {os.path.join(SYS_BUS_PCI, n['pciBusID'])}", exc) \
                 from None
         n["dpdk"] = driver in USERSPACE_DRIVERS
-    return n
+    return HostDeviceConf(**{**base_fields(conf), "runtimeConfig": runtime}, **n)
 
 
-def find_device(ipr: Any, n: Dict[str, Any]) -> link.Iface:
+def find_device(ipr: Any, n: HostDeviceConf) -> link.Iface:
     """Go getLink: by name, MAC, kernel path or PCI address (first match)."""
-    if n["device"]:
-        found = link.get_link(ipr, n["device"])
+    if n.device:
+        found = link.get_link(ipr, n.device)
         if found is None:
             raise rtnl.fail("failed to find host device: Link not found")
         return found
     names = {i["name"]: i for i in (link.iface_info(m) for m in ipr.get_links())}
-    if n["hwaddr"]:
+    if n.hwaddr:
         try:
-            mac = link.parse_mac(n["hwaddr"])
+            mac = link.parse_mac(n.hwaddr)
         except ValueError as exc:
             raise rtnl.fail(f"failed to find host device: failed to parse MAC address "
-                            f"{rtnl.json_quote(n['hwaddr'])}: {exc}") from None
+                            f"{rtnl.json_quote(n.hwaddr)}: {exc}") from None
         for iface in names.values():
             if iface["mac"] == mac:
                 return iface
-    elif n["kernelpath"]:
-        path = n["kernelpath"]
+    elif n.kernelpath:
+        path = n.kernelpath
         if not os.path.isabs(path) or not path.startswith("/sys/devices/") or ".." in path.split("/"):
             raise rtnl.fail(f"failed to find host device: kernel device path {rtnl.json_quote(path)} must be "
                             "absolute and begin with /sys/devices/")
@@ -80,17 +90,17 @@ def find_device(ipr: Any, n: Dict[str, Any]) -> link.Iface:
         for entry in entries:
             if entry in names:
                 return names[entry]
-    elif n["pciBusID"]:
-        net_dir = os.path.join(SYS_BUS_PCI, n["pciBusID"], "net")
+    elif n.pciBusID:
+        net_dir = os.path.join(SYS_BUS_PCI, n.pciBusID, "net")
         if not os.path.lexists(net_dir):
-            matches = sorted(glob.glob(os.path.join(SYS_BUS_PCI, glob.escape(n["pciBusID"]), "virtio*", "net")))
+            matches = sorted(glob.glob(os.path.join(SYS_BUS_PCI, glob.escape(n.pciBusID), "virtio*", "net")))
             if not matches:
-                raise rtnl.fail(f"failed to find host device: no net directory under pci device {n['pciBusID']}")
+                raise rtnl.fail(f"failed to find host device: no net directory under pci device {n.pciBusID}")
             net_dir = matches[0]
         entries = sorted(os.listdir(net_dir))
         if not entries:
             raise rtnl.fail(f"failed to find host device: failed to find device name for pci address "
-                            f"{n['pciBusID']}")
+                            f"{n.pciBusID}")
         found = link.get_link(ipr, entries[0])
         if found is None:
             raise rtnl.fail("failed to find host device: Link not found")
@@ -107,7 +117,7 @@ class HostDevice(NetPlugin):
         result = spec.new_result()
         moved = False
         try:
-            if not n["dpdk"]:
+            if not n.dpdk:
                 with rtnl.iproute() as ipr:
                     dev = find_device(ipr, n)
                     with ns.in_netns(ctx.netns):
@@ -136,7 +146,7 @@ class HostDevice(NetPlugin):
                     raise rtnl.fail("IPAM plugin returned missing IP config")
                 result["ips"] = [dict(ip, interface=0) for ip in got["ips"]]
                 result["routes"] = got["routes"]
-                if not n["dpdk"]:
+                if not n.dpdk:
                     with ns.in_netns(ctx.netns):
                         with rtnl.iproute() as cipr:
                             link.configure_iface(cipr, ctx.ifname, result)
@@ -162,7 +172,7 @@ class HostDevice(NetPlugin):
         n = load(conf)
         if ipam.ipam_type(conf):
             ipam.delegate("DEL", ctx, conf)
-        if not ctx.netns or n["dpdk"]:
+        if not ctx.netns or n.dpdk:
             return
         try:
             move_out(ctx.netns, ctx.ifname)
@@ -172,8 +182,8 @@ class HostDevice(NetPlugin):
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         n = load(conf)
         # a userspace-driver device is no netdev: Go checks nothing past the prevResult
-        result, cont = check_prelude(ctx, conf, match=not n["dpdk"])
-        if n["dpdk"]:
+        result, cont = check_prelude(ctx, conf, match=not n.dpdk)
+        if n.dpdk:
             return
         check_container(ctx, result, cont)
 

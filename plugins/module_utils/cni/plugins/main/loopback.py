@@ -9,7 +9,7 @@ import ipaddress
 
 from ...net import addr, link, ns, rtnl
 from ...protocol import skel, spec
-from ...protocol.plugin import Conf, Result
+from ...protocol.plugin import Conf, NetConf, Result, base_fields
 from .. import NetPlugin
 
 
@@ -30,8 +30,9 @@ class Loopback(NetPlugin):
                                             + rtnl.json_quote(cidr.split("/")[0]))
                     if addrs:
                         first[family] = addrs[0]
-        if conf.get("prevResult") is not None:
-            return conf["prevResult"]
+        n = NetConf(**base_fields(conf))  # loopback has no fields of its own
+        if n.prevResult is not None:
+            return n.prevResult
         ips = [{"interface": 0, "address": first[f]} for f in (2, 10) if f in first]
         return spec.new_result(interfaces=[{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": ctx.netns}], ips=ips)
 

@@ -8,35 +8,46 @@ netns is gone (Go 1.1.1 fails with "Link not found" there, plugins#953).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any
 
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .single import SingleLinkPlugin, mode_field
 
 # Go's macvlan plugin has no `source` mode (it needs a MAC list); the first is the default
 MODES = {name: value for name, value in link.MACVLAN_MODES.items() if name != "source"}
 
 
+@dataclass(frozen=True)
+class MacvlanConf(NetConf):
+    master: str = ""  # after load: the default route's device when the config left it empty
+    mtu: int = 0
+    mac: str = ""  # after load: CNI_ARGS MAC, then runtimeConfig.mac, take precedence
+    master_index: int = 0  # 0 when DEL skipped the lookup
+
+
 class Macvlan(SingleLinkPlugin):
     name = "macvlan"
 
-    def load(self, ctx: skel.Context, conf: Conf, ipr: Any, lookup_master: bool = True) -> Dict[str, Any]:
+    def load(self, ctx: skel.Context, conf: Conf, ipr: Any, lookup_master: bool = True) -> MacvlanConf:
         """Go loadConf: master (default route dev), MTU bound by the master's, MAC precedence."""
-        n: Dict[str, Any] = {"master": conf_field(conf, "master", str, ""), "mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE),
-                             "mac": conf_field(conf, "mac", str, "")}
+        master, mtu = conf_field(conf, "master", str, ""), conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
+        mac = conf_field(conf, "mac", str, "")
         runtime = conf_field(conf, "runtimeConfig", dict, {})
+        master_index = 0
         if lookup_master:
-            if not n["master"]:
-                n["master"] = link.default_route_interface(ipr)
-            n["master_index"] = link.master_link(ipr, n["master"], n["mtu"])["index"]
+            if not master:
+                master = link.default_route_interface(ipr)
+            master_index = link.master_link(ipr, master, mtu)["index"]
         env = skel.load_args(ctx.args, {"MAC": str})
         if env.get("MAC"):
-            n["mac"] = env["MAC"]
+            mac = env["MAC"]
         if isinstance(runtime.get("mac"), str) and runtime["mac"]:
-            n["mac"] = runtime["mac"]
-        return n
+            mac = runtime["mac"]
+        return MacvlanConf(**{**base_fields(conf), "runtimeConfig": runtime}, master=master, mtu=mtu, mac=mac,
+                           master_index=master_index)
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         with rtnl.rtnl() as ipr:
@@ -44,9 +55,9 @@ class Macvlan(SingleLinkPlugin):
             fd = ns.open_netns(ctx.netns)
             try:
                 mode = mode_field(conf, self.name, MODES)
-                mac = link.mac_arg(n["mac"])
-                made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "macvlan", "macvlan", mtu=n["mtu"],
-                                            mac=mac, link=n["master_index"], macvlan_mode=mode)
+                mac = link.mac_arg(n.mac)
+                made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "macvlan", "macvlan", mtu=n.mtu,
+                                            mac=mac, link=n.master_index, macvlan_mode=mode)
             finally:
                 os.close(fd)
         return self.finish_add(ctx, conf, made)

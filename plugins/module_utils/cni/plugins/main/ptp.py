@@ -11,24 +11,36 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ... import faults, ipam, netfilter
 from ...net import addr, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .. import NetPlugin, gc_masquerade
 from .single import check_container, check_prelude
+
+
+@dataclass(frozen=True)
+class PtpConf(NetConf):
+    mtu: int = 0
+    ipMasq: bool = False
+    ipMasqBackend: Optional[str] = None
 
 
 class Ptp(NetPlugin):
     name = "ptp"
 
+    def load(self, conf: Conf) -> PtpConf:
+        """Go's json.Unmarshal into NetConf: every typed key, before anything is done."""
+        return PtpConf(**base_fields(conf), mtu=conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE),
+                       ipMasq=conf_field(conf, "ipMasq", bool, False),
+                       ipMasqBackend=conf_field(conf, "ipMasqBackend", str, None))
+
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        mtu = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
-        masq = conf_field(conf, "ipMasq", bool, False)
-        backend = conf_field(conf, "ipMasqBackend", str, None)
+        n = self.load(conf)
         got = ipam.delegate("ADD", ctx, conf)
         veth_made = masq_done = False
         try:
@@ -44,7 +56,7 @@ class Ptp(NetPlugin):
             try:
                 with ns.in_netns(ctx.netns):
                     with rtnl.rtnl() as cipr:
-                        host, cont = link.setup_veth(cipr, ctx.ifname, host_fd, mtu)
+                        host, cont = link.setup_veth(cipr, ctx.ifname, host_fd, n.mtu)
                         veth_made = True
                         faults.point("ptp.after_veth")  # crash-safety tests (faults.py)
                         for ip in result["ips"]:
@@ -57,48 +69,47 @@ class Ptp(NetPlugin):
                 os.close(host_fd)
             with rtnl.rtnl() as ipr:
                 host_side(ipr, host, result)
-            if masq:
-                netfilter.setup_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
-                                       backend)
+            if n.ipMasq:
+                netfilter.setup_ipmasq(n.name, ctx.container_id, [ip["address"] for ip in result["ips"]],
+                                       n.ipMasqBackend)
                 masq_done = True
         except BaseException:
-            self._undo(ctx, conf, veth_made, masq_done, backend)
+            self._undo(ctx, conf, veth_made, masq_done, n.ipMasqBackend)
             raise
         if any(conf.get("dns", {}).get(k) for k in ("nameservers", "search", "options", "domain")) \
                 if isinstance(conf.get("dns"), dict) else False:
             result["dns"] = spec.new_result(dns=conf["dns"])["dns"]
         return result
 
-    def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool, masq_done: bool, backend: object) -> None:
+    def _undo(self, ctx: skel.Context, conf: Conf, veth_made: bool, masq_done: bool, backend: Optional[str]) -> None:
         try:
             if veth_made:
                 link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=False)
             if masq_done:
-                netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, backend)  # type: ignore[arg-type]
+                netfilter.teardown_ipmasq(conf["name"], ctx.container_id, None, backend)
             ipam.delegate("DEL", ctx, conf)
         except CNIError:
             pass  # the ADD error is what the runtime must see
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
-        masq = conf_field(conf, "ipMasq", bool, False)
-        backend = conf_field(conf, "ipMasqBackend", str, None)
+        n = self.load(conf)
         ipam.delegate("DEL", ctx, conf)  # IPAM first, like v1.1.1 ptp
-        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=masq)
-        if masq:
+        addrs = link.delete_link_in_netns(ctx.netns, ctx.ifname, addrs=n.ipMasq)
+        if n.ipMasq:
             # Go skips this when the netns/link is gone and leaks the chain; we remove it anyway
-            netfilter.teardown_ipmasq(conf["name"], ctx.container_id, addrs or None, backend)
+            netfilter.teardown_ipmasq(n.name, ctx.container_id, addrs or None, n.ipMasqBackend)
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
         gc_masquerade(conf)
         super().gc(ctx, conf)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
+        n = self.load(conf)
         result, cont = check_prelude(ctx, conf, "ptp: Required prevResult missing")
         check_container(ctx, result, cont, "veth", "veth/p2p", prefix="ptp: ")
-        if conf_field(conf, "ipMasq", bool, False):
-            netfilter.check_ipmasq(conf["name"], ctx.container_id, [ip["address"] for ip in result["ips"]],
-                                   conf_field(conf, "ipMasqBackend", str, None))
+        if n.ipMasq:
+            netfilter.check_ipmasq(n.name, ctx.container_id, [ip["address"] for ip in result["ips"]],
+                                   n.ipMasqBackend)
 
 
 def container_routes(cipr: Any, index: int, result: Result) -> None:

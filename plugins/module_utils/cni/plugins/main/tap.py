@@ -7,19 +7,30 @@ selinuxContext is refused with code 2 (no SELinux support here).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
+
+
+@dataclass(frozen=True)
+class TapConf(NetConf):
+    mtu: int = 0
+    mac: str = ""  # after load: CNI_ARGS MAC, then runtimeConfig.mac, take precedence
+    multiQueue: bool = False
+    owner: Optional[int] = None  # uint32 when given
+    group: Optional[int] = None
+    bridge: str = ""
 
 
 class Tap(SingleLinkPlugin):
     name = "tap"
 
-    def load(self, ctx: skel.Context, conf: Conf) -> dict:
+    def load(self, ctx: skel.Context, conf: Conf) -> TapConf:
         n = {"mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE), "mac": conf_field(conf, "mac", str, ""),
              "multiQueue": conf_field(conf, "multiQueue", bool, False), "owner": conf_field(conf, "owner", int),
              "group": conf_field(conf, "group", int), "bridge": conf_field(conf, "bridge", str, "")}
@@ -36,30 +47,30 @@ class Tap(SingleLinkPlugin):
         runtime = conf_field(conf, "runtimeConfig", dict, {})
         if isinstance(runtime.get("mac"), str) and runtime["mac"]:
             n["mac"] = runtime["mac"]
-        return n
+        return TapConf(**{**base_fields(conf), "runtimeConfig": runtime}, **n)
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(ctx, conf)
-        mac = link.mac_arg(n["mac"])
+        mac = link.mac_arg(n.mac)
         tmp = link.random_veth_name()
         with ns.in_netns(ctx.netns):
             with rtnl.iproute() as cipr:
                 try:
-                    link.create_tap(tmp, n["multiQueue"], n["owner"], n["group"])
+                    link.create_tap(tmp, n.multiQueue, n.owner, n.group)
                 except OSError as exc:
                     raise rtnl.fail("failed to create tap", exc) from None
                 made = link.require_link(cipr, tmp)
                 try:
                     attrs: dict[str, Any] = {"ifname": ctx.ifname}
-                    if n["mtu"]:
-                        attrs["mtu"] = n["mtu"]
+                    if n.mtu:
+                        attrs["mtu"] = n.mtu
                     if mac:
                         attrs["address"] = mac
                     link.set_link(cipr, made["index"], **attrs)
-                    if n["bridge"]:
-                        br = link.get_link(cipr, n["bridge"])
+                    if n.bridge:
+                        br = link.get_link(cipr, n.bridge)
                         if br is None:
-                            raise rtnl.fail(f"failed to get bridge {n['bridge']}: Link not found")
+                            raise rtnl.fail(f"failed to get bridge {n.bridge}: Link not found")
                         link.set_link(cipr, made["index"], master=br["index"])
                     made = link.require_link(cipr, ctx.ifname)
                 except BaseException as exc:

@@ -10,39 +10,46 @@ look up the master.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from dataclasses import dataclass
 
 from ... import ipam
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
+
+
+@dataclass(frozen=True)
+class VlanConf(NetConf):
+    master: str = ""
+    vlanId: int = 0
+    mtu: int = 0
 
 
 class Vlan(SingleLinkPlugin):
     name = "vlan"
     arp_notify = False
 
-    def load(self, conf: Conf) -> Dict[str, Any]:
-        n = {"master": conf_field(conf, "master", str, ""), "vlanId": conf_field(conf, "vlanId", int, 0),
-             "mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)}
-        if not n["master"]:
+    def load(self, conf: Conf) -> VlanConf:
+        n = VlanConf(**base_fields(conf), master=conf_field(conf, "master", str, ""),
+                     vlanId=conf_field(conf, "vlanId", int, 0), mtu=conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE))
+        if not n.master:
             raise rtnl.fail('"master" field is required. It specifies the host interface name to create the VLAN '
                             "for.")
-        if n["vlanId"] < 0 or n["vlanId"] > 4094:
-            raise rtnl.fail(f"invalid VLAN ID {n['vlanId']} (must be between 0 and 4095 inclusive)")
+        if n.vlanId < 0 or n.vlanId > 4094:
+            raise rtnl.fail(f"invalid VLAN ID {n.vlanId} (must be between 0 and 4095 inclusive)")
         return n
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         n = self.load(conf)
         with rtnl.rtnl() as ipr:
-            master = link.master_link(ipr, n["master"], n["mtu"])
+            master = link.master_link(ipr, n.master, n.mtu)
             if not ipam.ipam_type(conf):
                 raise rtnl.fail("failed to execute IPAM delegate: vlan needs an IPAM configuration")
             fd = ns.open_netns(ctx.netns)
             try:
-                made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "vlan", "vlan", mtu=n["mtu"],
-                                            link=master["index"], vlan_id=n["vlanId"])
+                made = link.create_in_netns(ipr, fd, ctx.netns, ctx.ifname, "vlan", "vlan", mtu=n.mtu,
+                                            link=master["index"], vlan_id=n.vlanId)
             finally:
                 os.close(fd)
         return self.finish_add(ctx, conf, made)
@@ -56,11 +63,11 @@ class Vlan(SingleLinkPlugin):
 
         def same_id(found: link.Iface) -> None:
             have = link.info_data(found, "IFLA_VLAN_ID")
-            if have != n["vlanId"]:
+            if have != n.vlanId:
                 raise rtnl.fail(f"Error: Container interface {cont['name']} vlan id {have} does not match "
-                                f"expected value: {n['vlanId']}")
-            if n["mtu"] and found["mtu"] != n["mtu"]:
+                                f"expected value: {n.vlanId}")
+            if n.mtu and found["mtu"] != n.mtu:
                 raise rtnl.fail(f"Error: Container interface {cont['name']} MTU {found['mtu']} does not match "
-                                f"expected value: {n['mtu']}")
+                                f"expected value: {n.mtu}")
 
         check_container(ctx, result, cont, "vlan", "vlan", same_id)

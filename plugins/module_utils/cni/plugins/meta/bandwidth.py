@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field, prev_result
 from .. import NetPlugin
 
 IFB_PREFIX = "bwp"
@@ -62,14 +63,26 @@ def _validate(rate: int, burst: int) -> None:
         raise CNIError(spec.ERR_INVALID_CONFIG, "rate cannot be more than 34 Gbit/s")
 
 
-def limits(conf: Conf) -> Optional[Dict[str, int]]:
+@dataclass(frozen=True)
+class BandwidthConf(NetConf):
+    """The limits in bits/s and bits, 0 = none (Go BandwidthEntry, after getBandwidth)."""
+    ingressRate: int = 0
+    ingressBurst: int = 0
+    egressRate: int = 0
+    egressBurst: int = 0
+
+    def limited(self) -> bool:
+        return any((self.ingressRate, self.ingressBurst, self.egressRate, self.egressBurst))
+
+
+def limits(conf: Conf) -> BandwidthConf:
     """Go getBandwidth: top-level keys win (if any is present) over runtimeConfig.bandwidth."""
     source: Any = conf if any(k in conf for k in KEYS) else None
     if source is None:
         runtime = conf_field(conf, "runtimeConfig", dict, {}, "PluginConf")
         source = runtime.get("bandwidth")
         if source is None:
-            return None
+            return BandwidthConf(**base_fields(conf))
         if not isinstance(source, dict):
             raise CNIError(spec.ERR_INVALID_CONFIG, "runtimeConfig.bandwidth must be an object")
     out = {}
@@ -80,7 +93,7 @@ def limits(conf: Conf) -> Optional[Dict[str, int]]:
         out[key] = val
     _validate(out["ingressRate"], out["ingressBurst"])
     _validate(out["egressRate"], out["egressBurst"])
-    return out
+    return BandwidthConf(**base_fields(conf), **out)
 
 
 def host_veth(result: Result, netns: str, ifname: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -145,18 +158,18 @@ class Bandwidth(NetPlugin):
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
         bw = limits(conf)
-        if bw is None or not any(bw.values()):
+        if not bw.limited():
             return conf.get("prevResult") or spec.new_result()
         result = prev_result(conf)
         _, host = host_veth(result, ctx.netns, ctx.ifname)
-        ifb = ifb_name(conf["name"], ctx.container_id)
+        ifb = ifb_name(bw.name, ctx.container_id)
         done: List[str] = []  # what this ADD created, for the undo
         with rtnl.iproute() as ipr:
             try:
-                if bw["ingressRate"]:
-                    _add_tbf(ipr, host["index"], bw["ingressRate"], bw["ingressBurst"])
+                if bw.ingressRate:
+                    _add_tbf(ipr, host["index"], bw.ingressRate, bw.ingressBurst)
                     done.append("tbf")
-                if bw["egressRate"]:
+                if bw.egressRate:
                     ipr.link("add", ifname=ifb, kind="ifb", mtu=host["mtu"], state="up")
                     done.append("ifb")
                     dev = link.require_link(ipr, ifb)
@@ -166,7 +179,7 @@ class Bandwidth(NetPlugin):
                            target=0x10001, keys=["0x0/0x0+0"],
                            action={"kind": "mirred", "direction": "egress", "action": "redirect",
                                    "ifindex": dev["index"]})
-                    _add_tbf(ipr, dev["index"], bw["egressRate"], bw["egressBurst"])
+                    _add_tbf(ipr, dev["index"], bw.egressRate, bw.egressBurst)
                     result = dict(result, interfaces=result["interfaces"] + [{"name": ifb, "mac": dev["mac"]}])
             except Exception as exc:
                 _undo(ipr, host["index"], ifb, done)
@@ -176,19 +189,19 @@ class Bandwidth(NetPlugin):
         return result
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        bw = limits(conf) or dict.fromkeys(KEYS, 0)
+        bw = limits(conf)
         result = prev_result(conf)
         _, host = host_veth(result, ctx.netns, ctx.ifname)
         with rtnl.iproute() as ipr:
-            if bw["ingressRate"] and bw["ingressBurst"]:
-                _check_tbf(ipr, host["index"], bw["ingressRate"], bw["ingressBurst"])
-            if bw["egressRate"] and bw["egressBurst"]:
-                dev = link.get_link(ipr, ifb_name(conf["name"], ctx.container_id))
+            if bw.ingressRate and bw.ingressBurst:
+                _check_tbf(ipr, host["index"], bw.ingressRate, bw.ingressBurst)
+            if bw.egressRate and bw.egressBurst:
+                dev = link.get_link(ipr, ifb_name(bw.name, ctx.container_id))
                 if dev is None:
                     raise CNIError(spec.ERR_INTERNAL, "get ifb device: Link not found")
-                _check_tbf(ipr, dev["index"], bw["egressRate"], bw["egressBurst"])
+                _check_tbf(ipr, dev["index"], bw.egressRate, bw.egressBurst)
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
-        limits(conf)  # Go parses (and validates) the config on DEL too
+        bw = limits(conf)  # Go parses (and validates) the config on DEL too
         with rtnl.iproute() as ipr:
-            link.delete_link(ipr, ifb_name(conf["name"], ctx.container_id))
+            link.delete_link(ipr, ifb_name(bw.name, ctx.container_id))

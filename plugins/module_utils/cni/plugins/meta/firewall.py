@@ -15,14 +15,15 @@ Backends (`"backend"`):
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 from ... import netfilter
 from ...protocol import skel, spec
 from ...netfilter import iptables as ipt
 from ...netfilter import nft
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field
 from .. import NetPlugin
 
 PRIV_CHAIN = "CNI-FORWARD"
@@ -32,7 +33,14 @@ POLICIES = ("", "open", "same-bridge")
 NFT_TABLE = "cnikit_filter"
 
 
-def _settings(conf: Conf) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class FirewallConf(NetConf):
+    backend: str = netfilter.IPTABLES  # after _settings: iptables when empty
+    ingressPolicy: str = ""
+    iptablesAdminChainName: str = "CNI-ADMIN"
+
+
+def _settings(conf: Conf) -> FirewallConf:
     backend = conf_field(conf, "backend", str, "", "FirewallNetConf")
     if backend == "firewalld":
         raise CNIError(spec.ERR_INVALID_CONFIG, "firewalld backend is not supported here (no D-Bus)",
@@ -45,7 +53,7 @@ def _settings(conf: Conf) -> Dict[str, Any]:
     admin = conf_field(conf, "iptablesAdminChainName", str, "", "FirewallNetConf") or "CNI-ADMIN"
     if not admin.replace("-", "").replace("_", "").isalnum() or len(admin) > 28:
         raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid iptablesAdminChainName {admin!r}")
-    return {"backend": backend, "policy": policy, "admin": admin}
+    return FirewallConf(**base_fields(conf), backend=backend, ingressPolicy=policy, iptablesAdminChainName=admin)
 
 
 def _pod_ips(result: Result) -> Dict[int, List[str]]:
@@ -91,23 +99,23 @@ def _ipt_isolation(bridge: str) -> List[tuple]:
             (STAGE2, (*tag, "-j", "RETURN"), False)]
 
 
-def ipt_add(s: Dict[str, Any], result: Result) -> None:
+def ipt_add(s: FirewallConf, result: Result) -> None:
     for v, ips in _pod_ips(result).items():
         if not ips:
             continue
 
         def build(b: ipt.Batch, ips: List[str] = ips) -> None:
             b.ensure_chain(PRIV_CHAIN)
-            b.ensure_chain(s["admin"])
+            b.ensure_chain(s.iptablesAdminChainName)
             b.insert_unique("FORWARD", _ipt_priv_rule(), prepend=True)
-            b.insert_unique(PRIV_CHAIN, _ipt_admin_rule(s["admin"]), prepend=True)
+            b.insert_unique(PRIV_CHAIN, _ipt_admin_rule(s.iptablesAdminChainName), prepend=True)
             for ip in ips:
                 for rule in _ipt_rules(ip):
                     b.insert_unique(PRIV_CHAIN, rule)
-            if s["policy"] == "same-bridge":
+            if s.ingressPolicy == "same-bridge":
                 b.ensure_chain(STAGE1)
                 b.ensure_chain(STAGE2)
-                for chain, rule, prepend in _ipt_isolation(_bridge(result, s["policy"])):
+                for chain, rule, prepend in _ipt_isolation(_bridge(result, s.ingressPolicy)):
                     b.insert_unique(chain, rule, prepend)
 
         ipt.apply(v, "filter", build)
@@ -126,11 +134,11 @@ def ipt_del(result: Result) -> None:
         ipt.apply(v, "filter", build)
 
 
-def ipt_check(s: Dict[str, Any], result: Result) -> None:
+def ipt_check(s: FirewallConf, result: Result) -> None:
     for v, ips in _pod_ips(result).items():
         if not ips:
             continue
-        wanted = [("FORWARD", _ipt_priv_rule()), (PRIV_CHAIN, _ipt_admin_rule(s["admin"]))]
+        wanted = [("FORWARD", _ipt_priv_rule()), (PRIV_CHAIN, _ipt_admin_rule(s.iptablesAdminChainName))]
         wanted += [(PRIV_CHAIN, r) for ip in ips for r in _ipt_rules(ip)]
         for chain, rule in wanted:
             if not ipt.exists(v, "filter", chain, rule):
@@ -157,11 +165,11 @@ def _nft_elems(result: Result) -> List[Tuple[str, str, None]]:
     return [(f"pods{v}", ip.split("/")[0], None) for v, ips in _pod_ips(result).items() for ip in ips]
 
 
-def nft_add(s: Dict[str, Any], result: Result) -> None:
+def nft_add(s: FirewallConf, result: Result) -> None:
     t = f"inet {NFT_TABLE}"
     lines = _nft_base() + [f"add element {t} {m} {{ {ip} }}" for m, ip, _ in _nft_elems(result)]
-    if s["policy"] == "same-bridge":
-        bridge = _bridge(result, s["policy"])
+    if s.ingressPolicy == "same-bridge":
+        bridge = _bridge(result, s.ingressPolicy)
         # chain names cannot be quoted in nft, interface names may hold any character: hash it
         chain = "iso-" + hashlib.sha256(bridge.encode()).hexdigest()[:16]
         name = nft.quote(bridge)
@@ -193,9 +201,9 @@ class Firewall(NetPlugin):
         result = conf.get("prevResult")
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "missing prevResult from earlier plugin")
-        if s["policy"] == "same-bridge":
-            _bridge(result, s["policy"])  # fail before any change
-        (ipt_add if s["backend"] == netfilter.IPTABLES else nft_add)(s, result)
+        if s.ingressPolicy == "same-bridge":
+            _bridge(result, s.ingressPolicy)  # fail before any change
+        (ipt_add if s.backend == netfilter.IPTABLES else nft_add)(s, result)
         return result
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
@@ -203,7 +211,7 @@ class Firewall(NetPlugin):
         result = conf.get("prevResult")
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "missing prevResult from earlier plugin")
-        if s["backend"] == netfilter.IPTABLES:
+        if s.backend == netfilter.IPTABLES:
             ipt_check(s, result)
         else:
             nft_check(result)
@@ -211,4 +219,4 @@ class Firewall(NetPlugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         s = _settings(conf)
         result = conf.get("prevResult") or spec.new_result()  # rules are keyed by pod IP only, as in Go
-        (ipt_del if s["backend"] == netfilter.IPTABLES else nft_del)(result)
+        (ipt_del if s.backend == netfilter.IPTABLES else nft_del)(result)

@@ -23,7 +23,8 @@ import ipaddress
 import re
 import sys
 import zlib
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ... import faults, netfilter
 from ...net import addr, sysctl
@@ -31,7 +32,7 @@ from ...protocol import skel, spec
 from ...netfilter import iptables as ipt
 from ...netfilter import nft
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from ...protocol.plugin import Conf, NetConf, Result, base_fields, conf_field, prev_result
 from .. import NetPlugin
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -52,16 +53,18 @@ class PortMapping(NamedTuple):
     host_ip: str
 
 
-class Settings(NamedTuple):
-    backend: str
-    snat: bool
-    masq_all: bool
-    mark_bit: int
-    setmark_chain: str
-    external_setmark: bool
-    conditions: Dict[int, List[str]]
-    mappings: List[PortMapping]
-    containers: Dict[int, Any]  # IP version -> ipaddress interface (container IP/prefix)
+@dataclass(frozen=True)
+class Settings(NetConf):
+    """portmap's typed config (Go PortMapConf), after settings(): defaults and checks applied."""
+    backend: str = netfilter.DEFAULT_BACKEND
+    snat: bool = True
+    masq_all: bool = False  # masqAll
+    mark_bit: int = DEFAULT_MARK_BIT  # markMasqBit
+    setmark_chain: str = SETMARK  # externalSetMarkChain when given
+    external_setmark: bool = False
+    conditions: Mapping[int, List[str]] = field(default_factory=dict)  # conditionsV4/V6
+    mappings: List[PortMapping] = field(default_factory=list)  # runtimeConfig.portMappings
+    containers: Mapping[int, Any] = field(default_factory=dict)  # IP version -> container ipaddress interface
 
 
 def _mappings(conf: Conf) -> List[PortMapping]:
@@ -133,7 +136,8 @@ def settings(conf: Conf, ifname: str) -> Settings:
     if not 0 <= mark_bit <= 31:
         raise CNIError(spec.ERR_INVALID_CONFIG, "MasqMarkBit must be between 0 and 31")
     snat = conf_field(conf, "snat", bool, True, "PortMapConf")
-    return Settings(backend=backend, snat=snat, masq_all=conf_field(conf, "masqAll", bool, False, "PortMapConf"),
+    return Settings(**base_fields(conf), backend=backend, snat=snat,
+                    masq_all=conf_field(conf, "masqAll", bool, False, "PortMapConf"),
                     mark_bit=mark_bit, setmark_chain=external or SETMARK, external_setmark=external is not None,
                     conditions={4: _conditions(conf, "conditionsV4", backend),
                                 6: _conditions(conf, "conditionsV6", backend)},
@@ -493,45 +497,45 @@ class Portmap(NetPlugin):
         if s.snat and 4 in s.containers:
             _enable_route_localnet(s.containers[4])
         if s.backend == netfilter.NFTABLES:
-            nft_add(s, conf["name"], ctx.container_id)
+            nft_add(s, s.name, ctx.container_id)
             faults.point("portmap.after_rules")
             _flush_udp_conntrack(s.mappings, sorted(s.containers))
         else:
             done = []
             try:
                 for v in sorted(s.containers):
-                    ipt_add(s, conf["name"], ctx.container_id, v)
+                    ipt_add(s, s.name, ctx.container_id, v)
                     done.append(v)
                     _flush_udp_conntrack(s.mappings, [v])
                     faults.point("portmap.after_family")
             except CNIError:
                 if done:  # undo the family already written
-                    ipt_del(conf["name"], ctx.container_id)
+                    ipt_del(s.name, ctx.container_id)
                 raise
         return prev
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         s = settings(conf, ctx.ifname)
-        if conf.get("prevResult") is None:
+        if s.prevResult is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "Required prevResult missing")
         if not s.mappings:
             return
         if s.backend == netfilter.NFTABLES:
-            nft_check(s, conf["name"], ctx.container_id)
+            nft_check(s, s.name, ctx.container_id)
         else:
             for v in sorted(s.containers):
-                ipt_check(s, conf["name"], ctx.container_id, v)
+                ipt_check(s, s.name, ctx.container_id, v)
 
     def gc(self, ctx: skel.Context, conf: Conf) -> None:
         """Spec 1.1 GC: drop the mappings of this network's containers that are not valid attachments."""
         s = settings(conf, ctx.ifname)
         valid = {cid for cid, _ in spec.valid_attachments(conf)}
         if s.backend == netfilter.NFTABLES:
-            nft_gc(conf["name"], valid)
+            nft_gc(s.name, valid)
             return
         owners = {o for v in (4, 6) for o in ipt.comment_owners(ipt.save(v, "nat"), TOP_DNAT)}
         for network, cid in sorted(owners):
-            if network == conf["name"] and cid not in valid:
+            if network == s.name and cid not in valid:
                 ipt_del(network, cid)
 
     def status(self, ctx: skel.Context, conf: Conf) -> None:
@@ -545,6 +549,6 @@ class Portmap(NetPlugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         s = settings(conf, ctx.ifname)
         if s.backend == netfilter.NFTABLES:
-            nft_del(conf["name"], ctx.container_id, s)
+            nft_del(s.name, ctx.container_id, s)
         else:
-            ipt_del(conf["name"], ctx.container_id)
+            ipt_del(s.name, ctx.container_id)

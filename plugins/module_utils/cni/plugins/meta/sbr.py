@@ -19,7 +19,7 @@ from ... import netfilter
 from ...net import addr, link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result
+from ...protocol.plugin import Conf, NetConf, Result, base_fields
 from .. import NetPlugin
 
 FIRST_TABLE = 100
@@ -97,8 +97,12 @@ def _route_matches(net: Any, route: Any) -> bool:
 class Sbr(NetPlugin):
     name = "sbr"
 
+    @staticmethod
+    def load(conf: Conf) -> NetConf:
+        return NetConf(**base_fields(conf))  # Go 1.1.1 sbr has no fields of its own
+
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        result = conf.get("prevResult")
+        result = self.load(conf).prevResult
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "This plugin must be called as chained plugin")
         ipcfgs = ip_configs(result, ctx.ifname)
@@ -144,7 +148,7 @@ class Sbr(NetPlugin):
             ipr.route("del", **_route_kw(route, 254))
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        result = conf.get("prevResult")
+        result = self.load(conf).prevResult
         if result is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "This plugin must be called as chained plugin")
         wanted = {str(i["iface"].ip) for i in ip_configs(result, ctx.ifname)}
@@ -157,7 +161,7 @@ class Sbr(NetPlugin):
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         if not ctx.netns:
             return
-        prev = conf.get("prevResult") or {}
+        prev = self.load(conf).prevResult or {}
         known = {str(i["iface"].ip)
                  for i in (ip_configs(prev, ctx.ifname) if prev.get("ips") else [])}
         try:

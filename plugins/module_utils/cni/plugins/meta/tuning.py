@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ...net import link, ns, rtnl
 from ...protocol import fsutil, skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import MTU_RANGE, Conf, Result, check_range, conf_field, prev_result
+from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, check_range, conf_field, prev_result
 from .. import NetPlugin
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
@@ -26,13 +27,24 @@ IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
 
 
+@dataclass(frozen=True)
+class TuningConf(NetConf):
+    """After settings(): CNI_ARGS MAC, runtimeConfig.mac and args.cni applied over the top-level keys."""
+    sysctl: Mapping[str, str] = field(default_factory=dict)
+    mac: str = ""
+    promisc: bool = False
+    mtu: int = 0
+    allmulti: Optional[bool] = None
+    dataDir: str = DEFAULT_DATA_DIR
+
+
 class Tuning(NetPlugin):
     name = "tuning"
 
     # --- config -------------------------------------------------------------------------------
 
     @staticmethod
-    def settings(ctx: skel.Context, conf: Conf) -> Dict[str, Any]:
+    def settings(ctx: skel.Context, conf: Conf) -> TuningConf:
         """Go parseConf: top-level keys, then CNI_ARGS MAC, runtimeConfig.mac, args.cni overrides."""
         sysctl = dict(conf_field(conf, "sysctl", dict, {}, "TuningConf"))
         s: Dict[str, Any] = {"sysctl": sysctl,
@@ -44,7 +56,8 @@ class Tuning(NetPlugin):
         env_mac = skel.load_args(ctx.args, {"MAC": str}).get("MAC")
         if env_mac:
             s["mac"] = env_mac
-        runtime_mac = conf_field(conf, "runtimeConfig", dict, {}, "TuningConf").get("mac")
+        runtime = conf_field(conf, "runtimeConfig", dict, {}, "TuningConf")
+        runtime_mac = runtime.get("mac")
         if runtime_mac:
             s["mac"] = runtime_mac
         cni_args = (conf_field(conf, "args", dict, {}, "TuningConf") or {}).get("cni")
@@ -62,7 +75,7 @@ class Tuning(NetPlugin):
         check_range("mtu", s["mtu"], MTU_RANGE)  # args.cni may override it past conf_field
         if ".." in s["dataDir"].split("/"):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid dataDir {s['dataDir']!r}")
-        return s
+        return TuningConf(**{**base_fields(conf), "runtimeConfig": runtime}, **s)
 
     @staticmethod
     def sysctl_files(sysctl: Dict[str, str], ifname: str) -> List[Tuple[str, str, str]]:
@@ -91,8 +104,8 @@ class Tuning(NetPlugin):
         if conf.get("prevResult") is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "Required prevResult missing")
         result = prev_result(conf)
-        files = self.sysctl_files(s["sysctl"], ctx.ifname)
-        backup = self.backup_path(s["dataDir"], ctx)
+        files = self.sysctl_files(s.sysctl, ctx.ifname)
+        backup = self.backup_path(s.dataDir, ctx)
         saved = False
         with ns.in_netns(ctx.netns):
             for key, path, _ in files:  # all present before any is written (Go stops half-way)
@@ -104,21 +117,21 @@ class Tuning(NetPlugin):
                         fh.write(value)
                 except OSError as exc:
                     raise CNIError(spec.ERR_INTERNAL, f"failed to set sysctl {key}: {exc.strerror}") from None
-            if not (s["mac"] or s["mtu"] or s["promisc"] or s["allmulti"] is not None):
+            if not (s.mac or s.mtu or s.promisc or s.allmulti is not None):
                 return result
             with rtnl.iproute() as ipr:
                 dev = link.require_link(ipr, ctx.ifname)
                 try:
                     _write_backup(backup, _original(ipr, dev, s))
                     saved = True
-                    if s["mac"]:
-                        link.set_link(ipr, dev["index"], address=s["mac"])
-                    if s["promisc"]:
+                    if s.mac:
+                        link.set_link(ipr, dev["index"], address=s.mac)
+                    if s.promisc:
                         link.set_link(ipr, dev["index"], flags=IFF_PROMISC, change=IFF_PROMISC)
-                    if s["mtu"]:
-                        link.set_link(ipr, dev["index"], mtu=s["mtu"])
-                    if s["allmulti"] is not None:
-                        link.set_link(ipr, dev["index"], flags=IFF_ALLMULTI if s["allmulti"] else 0,
+                    if s.mtu:
+                        link.set_link(ipr, dev["index"], mtu=s.mtu)
+                    if s.allmulti is not None:
+                        link.set_link(ipr, dev["index"], flags=IFF_ALLMULTI if s.allmulti else 0,
                                       change=IFF_ALLMULTI)
                 except Exception as exc:
                     if saved:  # undo: put back what was there and forget the backup
@@ -126,8 +139,8 @@ class Tuning(NetPlugin):
                     if isinstance(exc, CNIError):
                         raise
                     raise rtnl.fail(f"failed to tune {rtnl.json_quote(ctx.ifname)}", exc) from None
-        if s["mac"]:
-            result = dict(result, interfaces=[dict(i, mac=s["mac"]) if i.get("name") == ctx.ifname else i
+        if s.mac:
+            result = dict(result, interfaces=[dict(i, mac=s.mac) if i.get("name") == ctx.ifname else i
                                               for i in result.get("interfaces") or []])
         return result
 
@@ -135,7 +148,7 @@ class Tuning(NetPlugin):
         s = self.settings(ctx, conf)
         if conf.get("prevResult") is None:
             raise CNIError(spec.ERR_INVALID_CONFIG, "Required prevResult missing")
-        files = self.sysctl_files(s["sysctl"], ctx.ifname)
+        files = self.sysctl_files(s.sysctl, ctx.ifname)
         with ns.in_netns(ctx.netns):
             for _, path, want in files:
                 with open(path, encoding="ascii") as fh:
@@ -148,23 +161,23 @@ class Tuning(NetPlugin):
                 if dev is None:
                     raise CNIError(spec.ERR_INTERNAL, f"Cannot find container link {ctx.ifname}")
                 flags = ipr.get_links(dev["index"])[0]["flags"]
-        if s["mac"] and s["mac"] != dev["mac"]:
-            raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning configured Ethernet of {ctx.ifname} is {s['mac']}, "
+        if s.mac and s.mac != dev["mac"]:
+            raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning configured Ethernet of {ctx.ifname} is {s.mac}, "
                                               f"current value is {dev['mac']}")
-        if bool(s["promisc"]) != dev["promisc"]:
+        if bool(s.promisc) != dev["promisc"]:
             raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning link {ctx.ifname} configured promisc is "
-                                              f"{str(bool(s['promisc'])).lower()}, current value is {int(dev['promisc'])}")
-        if s["mtu"] and s["mtu"] != dev["mtu"]:
-            raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning configured MTU of {ctx.ifname} is {s['mtu']}, "
+                                              f"{str(bool(s.promisc)).lower()}, current value is {int(dev['promisc'])}")
+        if s.mtu and s.mtu != dev["mtu"]:
+            raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning configured MTU of {ctx.ifname} is {s.mtu}, "
                                               f"current value is {dev['mtu']}")
-        if s["allmulti"] is not None and s["allmulti"] != bool(flags & IFF_ALLMULTI):
+        if s.allmulti is not None and s.allmulti != bool(flags & IFF_ALLMULTI):
             raise CNIError(spec.ERR_INTERNAL, f"Error: Tuning configured all-multicast mode of {ctx.ifname} is "
-                                              f"{str(s['allmulti']).lower()}, current value is "
+                                              f"{str(s.allmulti).lower()}, current value is "
                                               f"{str(bool(flags & IFF_ALLMULTI)).lower()}")
 
     def delete(self, ctx: skel.Context, conf: Conf) -> None:
         s = self.settings(ctx, conf)
-        backup = self.backup_path(s["dataDir"], ctx)
+        backup = self.backup_path(s.dataDir, ctx)
         if not os.path.exists(backup):
             return
         if ctx.netns:
@@ -194,17 +207,17 @@ def _allowlist() -> Optional[List[re.Pattern]]:
         raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid regex in {ALLOWLIST}: {exc}") from None
 
 
-def _original(ipr: Any, dev: Dict[str, Any], s: Dict[str, Any]) -> Dict[str, Any]:
+def _original(ipr: Any, dev: Dict[str, Any], s: TuningConf) -> Dict[str, Any]:
     """Go configToRestore: only the settings this config changes, in Go's field order."""
     flags = ipr.get_links(dev["index"])[0]["flags"]
     out: Dict[str, Any] = {}
-    if s["mac"]:
+    if s.mac:
         out["mac"] = dev["mac"]
-    if s["promisc"]:
+    if s.promisc:
         out["promisc"] = bool(flags & IFF_PROMISC)
-    if s["mtu"]:
+    if s.mtu:
         out["mtu"] = dev["mtu"]
-    if s["allmulti"] is not None:
+    if s.allmulti is not None:
         out["allmulti"] = bool(flags & IFF_ALLMULTI)
     return out
 
