@@ -253,6 +253,7 @@ def down(path: Optional[str] = None) -> int:
         for node in state["nodes"]:
             ssh.close_master(node, path)
         shutil.rmtree(ssh.key_dir(path), ignore_errors=True)
+        shutil.rmtree(os.path.dirname(ssh.control_path(path)), ignore_errors=True)
     _kill_namespace_members(holders)
     shutil.rmtree(os.path.dirname(disk_dir("x", path)), ignore_errors=True)
     try:

@@ -95,7 +95,10 @@ def start(state: Dict[str, Any], node: Dict[str, Any], path: Optional[str] = Non
 
 
 def control_path(path: Optional[str] = None) -> str:
-    return os.path.join(key_dir(path), "cp-%C")
+    """ssh's multiplexing sockets: a short path (a unix socket path has ~100 bytes), one dir per lab."""
+    short = os.path.join("/run/cnikit-lab-ssh", os.path.basename(key_dir(path)))
+    os.makedirs(short, mode=0o700, exist_ok=True)
+    return os.path.join(short, "%C")
 
 
 def close_master(node: Dict[str, Any], path: Optional[str] = None) -> None:

@@ -72,6 +72,19 @@ def net_command(args: argparse.Namespace, environ: Dict[str, str]) -> int:
     return 0
 
 
+def release_info() -> dict:
+    """{"release": RELEASE.json} when this engine runs from a release the role cni_plugins installed
+    (the file sits next to the `cni` package); {} in a source tree."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for _ in range(3):  # the package root, wherever this module sits inside it
+        here = os.path.dirname(here)
+        path = os.path.join(here, "RELEASE.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                return {"release": json.load(fh)}
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnikit", description="cnikit CNI toolkit")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -83,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "'' writes the dash + Python launchers)")
     agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
     agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
-    sub.add_parser("version", help="print the supported CNI versions")
+    sub.add_parser("version", help="print the supported CNI versions and the installed release")
     from .gc import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
 
     add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
@@ -118,7 +131,7 @@ def main(argv: List[str]) -> int:
     if args.cmd == "version":
         from . import spec  # noqa: PLC0415
 
-        print(spec.dumps(spec.version_info()))
+        print(spec.dumps(dict(spec.version_info(), **release_info())))
         return 0
     try:
         if args.cmd == "gc":

@@ -244,8 +244,8 @@ def activate():
         save_state(state)
     silent = [n for n in wanted + go if os.path.exists(os.path.join(BIN, n)) and n != "cnikit"
               and n not in kept_foreign and not answers_version(os.path.join(BIN, n))]
-    return {"release": name, "installed": installed, "stale": stale, "backed_up": backed_up,
-            "kept_foreign": kept_foreign, "removed": removed, "pruned": pruned, "switched": switched,
+    return {"release": name, "installed": installed, "stale": stale, "backed_up": sorted(backed_up),
+            "kept_foreign": sorted(kept_foreign), "removed": removed, "pruned": pruned, "switched": switched,
             "not_answering_version": silent}
 
 
