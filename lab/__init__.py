@@ -169,6 +169,7 @@ def up(count: int, hairpin: bool = True, path: Optional[str] = None, *, ssh: boo
             state["nodes"].append(node)
             _save(state, path)
             _wire(state, node)
+            _save(state, path)  # with its MAC, kept across reboots
             if go_plugins:
                 run_in(node["pid"], ["sh", "-c", "cp -a /usr/lib/cni/. /opt/cni/bin/"])
         set_hairpin(hairpin, path, state)
@@ -183,7 +184,10 @@ def up(count: int, hairpin: bool = True, path: Optional[str] = None, *, ssh: boo
 def _wire(state: Dict[str, Any], node: Dict[str, Any]) -> None:
     """The node's uplink: a veth made in the switch's netns with its peer placed straight into the node's."""
     sw, pid, port = state["underlay"]["pid"], node["pid"], node["port"]
-    run_in(sw, ["ip", "link", "add", port, "type", "veth", "peer", "name", UPLINK, "netns", str(pid)])
+    # a NIC keeps its MAC across reboots (else the switch's neighbours point at a dead one for ~30 s)
+    node.setdefault("mac", "02:1a:b0:00:00:%02x" % (int(port[3:]) + 1))
+    run_in(sw, ["ip", "link", "add", port, "type", "veth", "peer", "name", UPLINK, "address", node["mac"],
+                "netns", str(pid)])
     run_in(sw, ["ip", "link", "set", port, "master", BRIDGE, "up"])
     run_in(pid, ["ip", "addr", "add", f"{node['ip']}/{ipaddress.ip_network(SUBNET).prefixlen}", "dev", UPLINK])
     run_in(pid, ["ip", "link", "set", UPLINK, "up"])
