@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test unit demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test test-fleet unit demo bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -47,9 +47,15 @@ sanity: venv sanity-venvs
 lint: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_packaging.py -k lint $(PYTEST_ARGS)
 
-# The whole suite, inside the sandbox.
+# The whole suite, inside the sandbox. The fleet's lifecycle (upgrade under load, rollback, reboot:
+# ~3 min idle) is `make test-fleet`; the fleet install/coexistence/reset over SSH is in here.
 test: deps venv plugins sanity-venvs
-	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/rollout/test_fleet_lifecycle.py $(PYTEST_ARGS)
+
+# The rollout to an SSH-reached, air-gapped lab fleet: install, coexistence, reset, upgrade under load,
+# rollback, reboot (tests/rollout/test_fleet*.py).
+test-fleet: deps venv plugins
+	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests/rollout/test_fleet.py tests/rollout/test_fleet_lifecycle.py $(PYTEST_ARGS)
 
 demo: deps venv plugins
 	tools/sandbox.sh $(PY) -m tools.demo
