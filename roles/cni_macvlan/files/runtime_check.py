@@ -5,6 +5,7 @@ libcni (containerd's CRI plugin, cri-o) loads the configs of CONF_DIR sorted by 
 first (*.conf, *.conflist, *.json). Prints {"first", "files", "containerd": [messages], "systemd"}.
 Read-only; runs on the node's own interpreter.
 """
+import importlib.util
 import json
 import os
 import re
@@ -27,5 +28,8 @@ for key, ourval in (("bin_dir", bin_dir), ("bin_dirs", bin_dir), ("conf_dir", co
             notes.append(f"{containerd_config} sets {key} = {match.group(1).strip()}, but this network is in "
                          f"{ourval}: containerd will not use it there (point {key} at {ourval}, or set "
                          "cni_macvlan_conf_dir / cni_plugins_bin_dir to containerd's)")
-print(json.dumps({"first": first, "files": files, "containerd": notes,
+# can the netlink modules run here yet (the interpreter's pyroute2, or the one of an active release)?
+release = os.path.join(os.environ.get("CNIKIT_LIB_DIR", "/opt/cni/lib/cnikit"), "current", "pyroute2")
+netlink = importlib.util.find_spec("pyroute2") is not None or os.path.isdir(release)
+print(json.dumps({"first": first, "files": files, "containerd": notes, "netlink": netlink,
                   "systemd": os.path.isdir("/run/systemd/system")}))
