@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python3
 BASE_PYTHON ?= $(shell $(ROOT)/tools/find-python.sh)
 DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
+DEMO_ARGS ?=  # --ssh: reach the lab nodes over SSH (user ops, sudo) instead of nsenter
 export PATH := $(VENV)/bin:$(PATH)
 
 .PHONY: all deps venv plugins test test-fleet unit demo bench lint sanity sanity-venvs clean
@@ -58,7 +59,7 @@ test-fleet: deps venv plugins
 	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests/rollout/test_fleet.py tests/rollout/test_fleet_lifecycle.py $(PYTEST_ARGS)
 
 demo: deps venv plugins
-	tools/sandbox.sh $(PY) -m tools.demo
+	tools/sandbox.sh $(PY) -m tools.demo $(DEMO_ARGS)
 
 bench: deps venv plugins
 	tools/sandbox.sh $(PY) -m bench.run
