@@ -78,7 +78,6 @@ class CNIModule:
                     "brings pyroute2 from the controller), or set CNIKIT_LIB_DIR to its cni_plugins_lib_dir.",
                     exception=traceback.format_exc())
 
-
     @property
     def check_mode(self) -> bool:
         return self.module.check_mode

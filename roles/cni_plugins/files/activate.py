@@ -264,7 +264,7 @@ def absent():
                 os.rmdir(d)
             except OSError:
                 pass  # not empty: something else lives there now
-    return {"removed": removed, "restored": restored, "changed_by_others": left, "lib_dir_removed": exists}
+    return {"removed": removed, "restored": restored, "modified_since": left, "lib_dir_removed": exists}
 
 
 op = args["op"]

@@ -87,8 +87,8 @@ def installed_files():
     out = {}
     for f in dist.files or []:
         rel = str(f).replace(os.sep, "/")
-        if rel.startswith("..") or SKIP.search(rel) or rel.endswith(("/RECORD", "/INSTALLER", "/REQUESTED",
-                                                                        "/direct_url.json")):
+        skip = ("/RECORD", "/INSTALLER", "/REQUESTED", "/direct_url.json")  # install-time, not the package
+        if rel.startswith("..") or SKIP.search(rel) or rel.endswith(skip):
             continue
         with open(dist.locate_file(f), "rb") as fh:
             out[rel] = fh.read()
