@@ -151,11 +151,11 @@ def _zombie(pid):
 
 
 def test_misspelt_choice_fails_before_any_node_changes(lab3, lab_state):
-    """meta/argument_specs.yml: a wrong choice stops the role before its first task."""
+    """meta/argument_specs.yml: a wrong choice stops the run in the plan play, before any change."""
     before = snapshot(lab3)
     result = site(lab_state, "-e", "cni_plugins_agent=sytemd")
     assert result.rc != 0
     text = " ".join(result.output.split())
     assert "value of cni_plugins_agent must be one of: , process, systemd, got: sytemd" in text, text[-3000:]
-    assert "Pack the release on the controller" not in text
+    assert "Install the CNI plugins" not in text
     assert snapshot(lab3) == before
