@@ -35,7 +35,7 @@ def test_release_from_the_installed_pyroute2_is_deterministic(tmp_path):
     with open(one["tarball"], "rb") as fa, open(two["tarball"], "rb") as fb:
         assert fa.read() == fb.read()
     files = members(one["tarball"])
-    assert "cni/main.py" in files and "cni/shim.c" in files and "pyroute2/__init__.py" in files
+    assert "cni/node/main.py" in files and "cni/node/relay.c" in files and "pyroute2/__init__.py" in files
     assert not [n for n in files if "__pycache__" in n or n.endswith(".pyc") or n.startswith("/")]
     assert json.loads(files["RELEASE.json"])["pyroute2"] == md.version("pyroute2")
 

@@ -189,7 +189,12 @@ def activate():
     if installed:
         unpack(name)
     sys.path.insert(0, reldir)
-    from cni import main, registry  # noqa: E402 - the release's own engine writes its launchers
+    try:  # the release's own engine writes its launchers (layout of issue 11, then the flat one before)
+        from cni.node.installer import write_executables  # noqa: E402
+        from cni.protocol import registry  # noqa: E402
+    except ImportError:
+        from cni.main import write_executables  # noqa: E402
+        from cni import registry  # noqa: E402
 
     go = [n for n in args.get("go_reference") or [] if n]
     wanted = [n for n in (args.get("names") or registry.PLUGINS) if n and n not in go] + ["cnikit"]
@@ -197,7 +202,7 @@ def activate():
     python = args["python"]
     stale, backed_up, kept_foreign = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
-        main.write_executables(scratch, python, reldir, wanted[:-1])
+        write_executables(scratch, python, reldir, wanted[:-1])
         for n in go:  # the Go reference plugins for mixed setups: links, same ownership rules
             os.symlink(os.path.join(args["go_dir"], n), os.path.join(scratch, n))
         for n in wanted + go:

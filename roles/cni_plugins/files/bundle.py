@@ -2,7 +2,7 @@
 
     python3 bundle.py '{"engine_src": DIR, "collection_root": DIR, "wheel_dir": DIR or "", "out_dir": DIR}'
 
-The release is: the engine package (`cni/`, with shim.c - the relay's source, compiled on the node
+The release is: the engine package (`cni/`, with node/relay.c - the relay's source, compiled on the node
 when it has a C compiler), pyroute2 (and any unconditional pure-Python dependency) and
 RELEASE.json. pyroute2 comes from the wheels in `wheel_dir` when given (pure-Python wheels only,
 e.g. `pip download pyroute2 --no-deps -d DIR`), else from the controller's own installed
@@ -98,7 +98,7 @@ def installed_files():
 def main():
     args = json.loads(sys.argv[1])
     files = engine_files(args["engine_src"])
-    if "cni/main.py" not in files:
+    if "cni/node/main.py" not in files and "cni/main.py" not in files:
         fail(f"cni_plugins_engine_src {args['engine_src']} is not the engine package (no main.py)")
     if args.get("wheel_dir"):
         deps, pyroute2 = wheel_files(args["wheel_dir"])
