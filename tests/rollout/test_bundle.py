@@ -52,7 +52,7 @@ def test_release_from_a_wheel_dir(tmp_path):
     assert rc == 0 and out["source"].startswith("wheels in")
     _, installed = bundle(tmp_path / "out2")
     a, b = members(out["tarball"]), members(installed["tarball"])
-    assert a["pyroute2/__init__.py"] == b["pyroute2/__init__.py"] and a["cni/main.py"] == b["cni/main.py"]
+    assert a["pyroute2/__init__.py"] == b["pyroute2/__init__.py"] and a["cni/node/main.py"] == b["cni/node/main.py"]
 
 
 def test_failures_say_what_to_do(tmp_path):
