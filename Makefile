@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python3
 BASE_PYTHON ?= $(shell $(ROOT)/tools/find-python.sh)
 DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
+DEMO_ARGS ?=  # --ssh: reach the lab nodes over SSH (user ops, sudo) instead of nsenter
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test test-kernel kernel-image test-routed unit imports demo overlay-scale bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test test-fleet test-kernel kernel-image test-routed unit imports demo overlay-scale bench lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -53,10 +54,17 @@ lint: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_packaging.py -k lint $(PYTEST_ARGS)
 
 # The whole suite, inside the sandbox; then the stock-kernel part in a qemu guest when qemu is there.
+# The fleet's lifecycle (upgrade under load, rollback, reboot: ~3 min idle) is `make test-fleet`; the
+# fleet install/coexistence/reset over SSH is in here.
 test: deps venv plugins sanity-venvs
-	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/rollout/test_fleet_lifecycle.py $(PYTEST_ARGS)
 	@if command -v qemu-system-x86_64 >/dev/null; then $(MAKE) --no-print-directory test-kernel; \
 	else echo "make test: no qemu-system-x86_64, stock-kernel tests not run (make deps installs it)"; fi
+
+# The rollout to an SSH-reached, air-gapped lab fleet: install, coexistence, reset, upgrade under load,
+# rollback, reboot (tests/rollout/test_fleet*.py).
+test-fleet: deps venv plugins
+	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests/rollout/test_fleet.py tests/rollout/test_fleet_lifecycle.py $(PYTEST_ARGS)
 
 # The tests that need link kinds this machine's kernel lacks (ipvlan, vlan, dummy, vrf, bridge VLAN
 # filtering), on Debian's stock kernel in a qemu guest (tools/stock_kernel.py; docs/lab.md).
@@ -77,7 +85,7 @@ test-routed: deps venv plugins
 
 # `make demo NET=overlay` shows the flannel-style overlay instead of the seed's macvlan network.
 demo: deps venv plugins
-	tools/sandbox.sh $(PY) -m tools.demo $(if $(NET),--net $(NET))
+	tools/sandbox.sh $(PY) -m tools.demo $(if $(NET),--net $(NET)) $(DEMO_ARGS)
 
 # The overlay on a 50-node lab: exact per-node entry counts, join/leave and reconcile times (docs/overlay.md).
 overlay-scale: deps venv plugins

@@ -14,7 +14,9 @@ network. `up` refuses to run outside tools/sandbox.sh all the same.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import shutil
 import json
 import os
 import signal
@@ -29,18 +31,29 @@ FIRST_NODE_IP = "192.168.80.100"  # the seed's apiserver address; workers follow
 MAX_NODES = 20
 UPLINK = "ens33"
 BRIDGE = "br0"
-PRIVATE_DIRS = ("/run", "/etc/cni", "/opt/cni", "/var/lib/cni")
 
 # The node process: private mounts, hostname, lo up, report ready, then hold the namespaces.
+# A node has a persistent "disk" (lab.disk_dir): /etc, /opt, /var/lib and /home are overlays on the
+# controller's (reads fall through, writes stay on the node's disk), /etc/cni, /opt/cni and
+# /var/lib/cni start empty; /run is a fresh tmpfs at every (re)boot, like a real host's.
 NODE_SCRIPT = """set -e
 mount --make-rprivate /
-for d in {dirs}; do mkdir -p "$d"; mount -t tmpfs -o mode=755 tmpfs "$d"; done
+disk="$2"
+for d in {overlays}; do
+  up="$disk/overlay$d"; mkdir -p "$up/upper" "$up/work"
+  mount -t overlay overlay -o "lowerdir=$d,upperdir=$up/upper,workdir=$up/work" "$d"
+done
+for d in {binds}; do mkdir -p "$disk/private$d" "$d"; mount --bind "$disk/private$d" "$d"; done
+mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/netns /run/lock /run/cni /etc/cni/net.d /opt/cni/bin
 hostname "$1"
 ip link set lo up
 echo ready
 exec sleep infinity
 """
+OVERLAY_DIRS = ("/etc", "/opt", "/var/lib", "/home")
+PRIVATE_BINDS = ("/etc/cni", "/opt/cni", "/var/lib/cni")
+DISKS = "/run/cnikit-lab-disks"  # the sandbox's /run: the disks go with the sandbox
 
 
 class LabError(RuntimeError):
@@ -69,11 +82,19 @@ def run_in(pid: int, argv: Sequence[str], check: bool = True, mount: bool = True
     return proc
 
 
-def _spawn(hostname: str) -> int:
-    """Start one namespace holder and wait until its mounts and hostname are in place."""
+def disk_dir(node: str, path: Optional[str] = None) -> str:
+    """The node's persistent disk (overlay uppers and the private CNI dirs), kept across `reboot`."""
+    key = hashlib.sha1(os.path.abspath(state_path(path)).encode()).hexdigest()[:12]
+    return os.path.join(DISKS, key, node)
+
+
+def _spawn(hostname: str, disk: str) -> int:
+    """Start one namespace holder on `disk` and wait until its mounts and hostname are in place."""
+    os.makedirs(disk, exist_ok=True)
     proc = subprocess.Popen(
-        ["unshare", "--net", "--mount", "--uts", "sh", "-c", NODE_SCRIPT.format(dirs=" ".join(PRIVATE_DIRS)),
-         "lab-node", hostname],
+        ["unshare", "--net", "--mount", "--uts", "sh", "-c",
+         NODE_SCRIPT.format(overlays=" ".join(OVERLAY_DIRS), binds=" ".join(PRIVATE_BINDS)),
+         "lab-node", hostname, disk],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         start_new_session=True,  # survives the caller (molecule's create playbook, a shell)
     )
@@ -121,42 +142,86 @@ def require_sandbox() -> None:
         raise LabError("the lab runs only inside the private sandbox: tools/sandbox.sh python -m lab ...")
 
 
-def up(count: int, hairpin: bool = True, path: Optional[str] = None) -> Dict[str, Any]:
-    """Create the underlay switch and `count` nodes; return the state (also written to the state file)."""
+def up(count: int, hairpin: bool = True, path: Optional[str] = None, *, ssh: bool = False,
+       go_plugins: bool = False) -> Dict[str, Any]:
+    """Create the underlay switch and `count` nodes; return the state (also written to the state file).
+    `ssh`: an sshd per node (lab/ssh.py); `go_plugins`: the Go reference plugins pre-installed in each
+    node's /opt/cni/bin, like a host where a distro package or kubeadm put them."""
     require_sandbox()
     old = load(path)
     if old and any(alive(n["pid"]) for n in old["nodes"] + [old["underlay"]]):
         raise LabError(f"a lab is already up (state {state_path(path)}); run `lab down` first")
-    net = ipaddress.ip_network(SUBNET)
     first = ipaddress.ip_address(FIRST_NODE_IP)
     names = node_names(count)
     if count > MAX_NODES:  # node addresses .100-.119 stay clear of the seed's pod pool at .120
         raise LabError(f"at most {MAX_NODES} nodes (addresses from {first}; the pod pool starts at .120)")
+    shutil.rmtree(os.path.dirname(disk_dir("x", path)), ignore_errors=True)  # a crashed lab's disks
     state: Dict[str, Any] = {"subnet": SUBNET, "gateway": GATEWAY, "uplink": UPLINK, "hairpin": hairpin,
-                             "underlay": {"name": "lab-underlay", "pid": 0}, "nodes": []}
+                             "underlay": {"name": "lab-underlay", "pid": 0}, "nodes": [], "ssh": ssh}
     try:
-        sw = state["underlay"]["pid"] = _spawn("lab-underlay")
+        sw = state["underlay"]["pid"] = _spawn("lab-underlay", disk_dir("lab-underlay", path))
         _save(state, path)  # from here on `down` can clean up whatever exists
         run_in(sw, ["ip", "link", "add", BRIDGE, "type", "bridge", "stp_state", "0"])
-        run_in(sw, ["ip", "addr", "add", f"{GATEWAY}/{net.prefixlen}", "dev", BRIDGE])
+        run_in(sw, ["ip", "addr", "add", f"{GATEWAY}/{ipaddress.ip_network(SUBNET).prefixlen}", "dev", BRIDGE])
         run_in(sw, ["ip", "link", "set", BRIDGE, "up"])
         for i, name in enumerate(names):
-            pid = _spawn(name)
-            node = {"name": name, "pid": pid, "ip": str(first + i), "port": f"swp{i}"}
+            node = {"name": name, "pid": _spawn(name, disk_dir(name, path)), "ip": str(first + i), "port": f"swp{i}"}
             state["nodes"].append(node)
             _save(state, path)
-            port = node["port"]
-            # the veth is created in the switch's netns with its peer placed straight into the node's
-            run_in(sw, ["ip", "link", "add", port, "type", "veth", "peer", "name", UPLINK, "netns", str(pid)])
-            run_in(sw, ["ip", "link", "set", port, "master", BRIDGE, "up"])
-            run_in(pid, ["ip", "addr", "add", f"{node['ip']}/{net.prefixlen}", "dev", UPLINK])
-            run_in(pid, ["ip", "link", "set", UPLINK, "up"])
-            run_in(pid, ["ip", "route", "add", "default", "via", GATEWAY])
+            _wire(state, node)
+            _save(state, path)  # with its MAC, kept across reboots
+            if go_plugins:
+                run_in(node["pid"], ["sh", "-c", "cp -a /usr/lib/cni/. /opt/cni/bin/"])
         set_hairpin(hairpin, path, state)
+        for node in state["nodes"]:
+            boot(state, node, path)
     except BaseException:
         down(path)
         raise
     return state
+
+
+def _wire(state: Dict[str, Any], node: Dict[str, Any]) -> None:
+    """The node's uplink: a veth made in the switch's netns with its peer placed straight into the node's."""
+    sw, pid, port = state["underlay"]["pid"], node["pid"], node["port"]
+    # a NIC keeps its MAC across reboots (else the switch's neighbours point at a dead one for ~30 s)
+    node.setdefault("mac", "02:1a:b0:00:00:%02x" % (int(port[3:]) + 1))
+    run_in(sw, ["ip", "link", "add", port, "type", "veth", "peer", "name", UPLINK, "address", node["mac"],
+                "netns", str(pid)])
+    run_in(sw, ["ip", "link", "set", port, "master", BRIDGE, "up"])
+    run_in(pid, ["ip", "addr", "add", f"{node['ip']}/{ipaddress.ip_network(SUBNET).prefixlen}", "dev", UPLINK])
+    run_in(pid, ["ip", "link", "set", UPLINK, "up"])
+    run_in(pid, ["ip", "route", "add", "default", "via", GATEWAY])
+
+
+def boot(state: Dict[str, Any], node: Dict[str, Any], path: Optional[str] = None) -> None:
+    """What a node's init does after the network is up: the lab's sshd, then the systemd units
+    enabled on the node's disk (lab/init.py). Other lab services hook in here."""
+    from . import init, ssh  # noqa: PLC0415
+
+    if state.get("ssh"):
+        ssh.start(state, node, path)
+    init.start_enabled_units(node["pid"])
+
+
+def reboot(node_name: str, path: Optional[str] = None) -> Dict[str, Any]:
+    """Power-cycle one node: every process in it dies (pods, agent, sshd), its netns with every link and
+    its /run go; it comes back on the same disk (/etc, /opt, /var/lib kept) with a fresh /run, the
+    uplink re-plugged into the same switch port, and boots (sshd, enabled units). Returns the node."""
+    state = load(path)
+    if not state:
+        raise LabError("the lab is down")
+    node = next((n for n in state["nodes"] if n["name"] == node_name), None)
+    if node is None:
+        raise LabError(f"no lab node named {node_name!r}")
+    _kill_namespace_members([node["pid"]])
+    node["pid"] = _spawn(node_name, disk_dir(node_name, path))
+    _save(state, path)
+    _wire(state, node)
+    run_in(state["underlay"]["pid"], ["ip", "link", "set", node["port"], "type", "bridge_slave",
+                                      "hairpin", "on" if state["hairpin"] else "off"])
+    boot(state, node, path)
+    return node
 
 
 def set_hairpin(on: bool, path: Optional[str] = None, state: Optional[Dict[str, Any]] = None) -> None:
@@ -180,12 +245,30 @@ def _ns_id(pid: int, kind: str) -> Optional[str]:
 
 def down(path: Optional[str] = None) -> int:
     """Stop every process of the lab (nodes, switch, and anything started in a node: pods' busybox);
-    the namespaces, links and private mounts go with them. Returns how many processes were stopped."""
+    the namespaces, links and private mounts go with them, and so do the nodes' disks. Returns how
+    many processes were stopped."""
     state = load(path)
     if not state:
         return 0
     holders = [n["pid"] for n in state["nodes"]] + [state["underlay"]["pid"]]
-    # a process belongs to a node when it shares the node's UTS namespace (`ip netns exec` keeps it)
+    if state.get("ssh"):
+        from . import ssh  # noqa: PLC0415
+
+        for node in state["nodes"]:
+            ssh.close_master(node, path)
+        shutil.rmtree(ssh.key_dir(path), ignore_errors=True)
+        shutil.rmtree(os.path.dirname(ssh.control_path(path)), ignore_errors=True)
+    _kill_namespace_members(holders)
+    shutil.rmtree(os.path.dirname(disk_dir("x", path)), ignore_errors=True)
+    try:
+        os.unlink(state_path(path))
+    except FileNotFoundError:
+        pass
+    return len(holders)
+
+
+def _kill_namespace_members(holders: List[int]) -> None:
+    """SIGKILL every process sharing a holder's UTS namespace (`ip netns exec` keeps it) and reap them."""
     utsns = {_ns_id(pid, "uts") for pid in holders if pid and alive(pid)} - {None}
     victims = set()
     for entry in os.listdir("/proc"):
@@ -208,11 +291,6 @@ def down(path: Optional[str] = None) -> int:
                     pass
                 victims.discard(pid)
         time.sleep(0.02)
-    try:
-        os.unlink(state_path(path))
-    except FileNotFoundError:
-        pass
-    return len(holders)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""`python -m lab up N [--hairpin off] | down | status | hairpin on|off | exec NODE -- CMD...`"""
+"""`python -m lab up N [--hairpin off] [--ssh] [--go-plugins] | reboot NODE | down | status | hairpin on|off | exec NODE -- CMD...`"""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_up = sub.add_parser("up", help="create the switch and N nodes")
     p_up.add_argument("count", type=int, nargs="?", default=3)
     p_up.add_argument("--hairpin", choices=("on", "off"), default="on", help="switch ports reflect frames back (on)")
+    p_up.add_argument("--ssh", action="store_true", help="an sshd per node, user ops with sudo (lab/ssh.py)")
+    p_up.add_argument("--go-plugins", action="store_true", help="pre-install the Go plugins in /opt/cni/bin")
+    p_rb = sub.add_parser("reboot", help="power-cycle a node: fresh /run and netns, same disk, then boot")
+    p_rb.add_argument("node")
     sub.add_parser("down", help="stop every lab process; namespaces, links and mounts go with them")
     sub.add_parser("status", help="show the nodes; exit 1 when the lab is down or a node is dead")
     p_hp = sub.add_parser("hairpin", help="turn the switch's hairpin (reflective relay) on or off")
@@ -26,9 +30,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "up":
-            state = lab.up(args.count, hairpin=args.hairpin == "on", path=args.state)
+            state = lab.up(args.count, hairpin=args.hairpin == "on", path=args.state, ssh=args.ssh,
+                           go_plugins=args.go_plugins)
             for n in state["nodes"]:
                 print(f"{n['name']:<12} pid {n['pid']:<8} {lab.UPLINK} {n['ip']}")
+            return 0
+        if args.cmd == "reboot":
+            node = lab.reboot(args.node, args.state)
+            print(f"{node['name']} rebooted: pid {node['pid']}")
             return 0
         if args.cmd == "down":
             print(f"stopped {lab.down(args.state)} lab processes")

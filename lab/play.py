@@ -1,6 +1,7 @@
 """Run ansible-playbook against the lab: the collection found from this checkout, the recap parsed."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -9,7 +10,7 @@ import tempfile
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVENTORY = os.path.join(ROOT, "inventory", "lab", "hosts.yml")
@@ -55,6 +56,19 @@ def env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return e
 
 
+def ssh_inventory(state_file: Optional[str] = None) -> List[str]:
+    """The inventory sources that reach a lab started with `ssh=True` over SSH (user ops, sudo)."""
+    from lab import ssh  # noqa: PLC0415
+
+    return [INVENTORY, os.path.join(ssh.key_dir(state_file), "inventory.yml")]
+
+
+def summary(output: str) -> List[str]:
+    """The lines of the site/reset playbooks' one-screen summary, from their output."""
+    block = output.split("TASK [Summary]", 1)[-1].split("PLAY RECAP", 1)[0]
+    return [json.loads(line.strip().rstrip(",")) for line in block.splitlines() if ": range " in line]
+
+
 @dataclass
 class PlayResult:
     rc: int
@@ -71,11 +85,13 @@ class PlayResult:
         return sum(h["failed"] + h["unreachable"] for h in self.recap.values())
 
 
-def playbook(playbook_path: str, args: Sequence[str] = (), inventory: str = INVENTORY,
+def playbook(playbook_path: str, args: Sequence[str] = (), inventory: Union[str, Sequence[str]] = INVENTORY,
              extra_env: Optional[Dict[str, str]] = None, echo: bool = False) -> PlayResult:
-    """Run one playbook; with `echo`, stream its output (the demo shows progress)."""
-    argv: List[str] = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
-                       playbook_path, *args]
+    """Run one playbook; with `echo`, stream its output (the demo shows progress). `inventory` may be
+    several sources (later ones win: the lab's SSH fragment after inventory/lab/hosts.yml)."""
+    sources = [inventory] if isinstance(inventory, str) else list(inventory)
+    argv: List[str] = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                       *[a for src in sources for a in ("-i", src)], playbook_path, *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=env(extra_env))

@@ -48,11 +48,15 @@ def ping(pid: int, dst: str, pod: Optional[str] = None) -> bool:
     return lab.run_in(pid, argv + ["-c", "1", "-W", "2", dst], check=False).returncode == 0
 
 
-def run_play(path: str, what: str, args: List[str], verbose: bool) -> play.PlayResult:
-    step(f"{what}: ansible-playbook {os.path.relpath(path, play.ROOT)} -i inventory/lab/hosts.yml")
-    result = play.playbook(path, args, extra_env={"CNIKIT_LAB_STATE": lab.state_path()}, echo=verbose)
+def run_play(path: str, what: str, args: List[str], verbose: bool, inventory: List[str]) -> play.PlayResult:
+    step(f"{what}: ansible-playbook {os.path.relpath(path, play.ROOT)} "
+         + " ".join(f"-i {os.path.relpath(i, play.ROOT) if i.startswith(play.ROOT) else i}" for i in inventory))
+    result = play.playbook(path, args, inventory=inventory, extra_env={"CNIKIT_LAB_STATE": lab.state_path()},
+                           echo=verbose)
     for host, r in sorted(result.recap.items()):
         print(f"    {host:<12} ok={r['ok']:<3} changed={r['changed']:<3} failed={r['failed']} unreachable={r['unreachable']}")
+    for line in play.summary(result.output):
+        print(f"    | {line}")
     print(f"    {what}: rc={result.rc} in {result.seconds:.1f} s, {result.changed} changed")
     if result.rc != 0:
         if not verbose:
@@ -132,6 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--net", choices=["macvlan", "overlay"], default=os.environ.get("NET") or "macvlan",
                         help="the pod network (site.yml's cni_pod_network)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream ansible-playbook output")
+    parser.add_argument("--ssh", action="store_true", help="reach the nodes over SSH (user ops, sudo) instead of nsenter")
     args = parser.parse_args(argv)
     lab.require_sandbox()
     t0 = time.monotonic()
@@ -139,11 +144,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     site_args = ["-e", f"cni_plugins_engine_src={engine}", "-e", f"cni_pod_network={args.net}"]
     try:
         step(f"lab up {args.nodes}: switch 192.168.80.2 (hairpin on) + nodes with ens33 uplinks")
-        state = lab.up(args.nodes)
+        state = lab.up(args.nodes, ssh=args.ssh)
+        inventory = play.ssh_inventory() if args.ssh else [play.INVENTORY]
         for n in state["nodes"]:
             print(f"    {n['name']:<12} pid {n['pid']:<7} ens33 {n['ip']}/24")
-        first = run_play(SITE, "rollout (site.yml)", site_args, args.verbose)
-        run_play(PODS, "pods (demo.yml)", ["-e", f"cni_pod_network={args.net}"], args.verbose)
+        first = run_play(SITE, "rollout (site.yml)", site_args, args.verbose, inventory)
+        run_play(PODS, "pods (demo.yml)", ["-e", f"cni_pod_network={args.net}"], args.verbose, inventory)
         if args.net == "overlay":
             step("ping matrix: every pod -> every other pod through vxlan; node <-> its pod over cni0")
             rows, ok = overlay_matrix(state["nodes"])
@@ -153,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             shims = {n["name"]: s for n, s in zip(state["nodes"], _shim_addresses(state["nodes"]))}
             rows, ok = matrix(state["nodes"], shims)
             print(table(rows))
-        second = run_play(SITE, "idempotent re-run (site.yml)", site_args, args.verbose)
+        second = run_play(SITE, "idempotent re-run (site.yml)", site_args, args.verbose, inventory)
         if second.changed != 0:
             raise SystemExit(f"demo: the re-run changed {second.changed} things; expected changed=0")
         print(f"\n    rollout {first.seconds:.1f} s, re-run {second.seconds:.1f} s (changed=0)")

@@ -6,6 +6,8 @@ engine call, turns engine errors into fail_json with their CNI code, and adds th
 
 from __future__ import annotations
 
+import os
+import sys
 import traceback
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,26 @@ LINK_OPTIONS = dict(netns=dict(type="str"), mtu=dict(type="int"), mac=dict(type=
 STATE_OPTION = dict(type="str", choices=["present", "absent"], default="present")
 
 
+def release_dir() -> str:
+    """The node's active engine release (role cni_plugins: <cni_plugins_lib_dir>/current)."""
+    return os.path.join(os.environ.get("CNIKIT_LIB_DIR", "/opt/cni/lib/cnikit"), "current")
+
+
+def use_release_pyroute2() -> bool:
+    """Air-gapped nodes: the interpreter has no pyroute2, the release the role installed carries one
+    (pure Python, from the controller). Appended, so an interpreter's own pyroute2 always wins."""
+    path = release_dir()
+    if not os.path.isdir(os.path.join(path, "pyroute2")):
+        return False
+    sys.path.append(path)
+    try:
+        import pyroute2.iproute.linux  # noqa: F401 pylint: disable=unused-import,import-outside-toplevel
+    except ImportError:
+        sys.path.remove(path)
+        return False
+    return True
+
+
 class CNIModule:
     """An AnsibleModule plus the conventions shared by the collection's modules."""
 
@@ -51,7 +73,12 @@ class CNIModule:
             # the engine imports pyroute2 lazily; probe it here so a missing library is one clear message
             import pyroute2.iproute.linux  # noqa: F401 pylint: disable=unused-import
         except ImportError:
-            self.module.fail_json(msg=missing_required_lib("pyroute2"), exception=traceback.format_exc())
+            if not use_release_pyroute2():
+                self.module.fail_json(
+                    msg=missing_required_lib("pyroute2") + f" It is not importable by {sys.executable} and no cnikit "
+                    f"release is active at {release_dir()}: run role cnikit.cni.cni_plugins on this node first (it "
+                    "brings pyroute2 from the controller), or set CNIKIT_LIB_DIR to its cni_plugins_lib_dir.",
+                    exception=traceback.format_exc())
 
     @property
     def check_mode(self) -> bool:

@@ -4,6 +4,7 @@ profile, offline) on a copy of the tracked files laid out as ansible_collections
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def test_galaxy_build_install_and_run(collection_copy, tmp_path, sandbox):
     out = tmp_path / "dist"
     built = _run([os.path.join(BIN, "ansible-galaxy"), "collection", "build", "--output-path", str(out)], collection_copy)
     assert built.returncode == 0, built.stdout + built.stderr
-    tarball = out / "cnikit-cni-1.0.0.tar.gz"
+    with open(os.path.join(collection_copy, "galaxy.yml"), encoding="utf-8") as fh:
+        version = re.search(r"^version: (\S+)", fh.read(), re.M)[1]
+    tarball = out / f"cnikit-cni-{version}.tar.gz"
     inst = tmp_path / "installed"
     env = {"ANSIBLE_COLLECTIONS_PATH": str(inst)}
     got = _run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "--offline", "-p", str(inst), str(tarball)],

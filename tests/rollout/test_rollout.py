@@ -148,3 +148,14 @@ def test_lab_status_and_down_leave_nothing(lab_state):
 def _zombie(pid):
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_misspelt_choice_fails_before_any_node_changes(lab3, lab_state):
+    """meta/argument_specs.yml: a wrong choice stops the run in the plan play, before any change."""
+    before = snapshot(lab3)
+    result = site(lab_state, "-e", "cni_plugins_agent=sytemd")
+    assert result.rc != 0
+    text = " ".join(result.output.split())
+    assert "value of cni_plugins_agent must be one of: , process, systemd, got: sytemd" in text, text[-3000:]
+    assert "Install the CNI plugins" not in text
+    assert snapshot(lab3) == before

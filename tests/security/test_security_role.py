@@ -1,9 +1,8 @@
 """The cni_plugins role prunes only its own engine releases (issue 13: M3; docs/security.md).
 
-roles/cni_plugins/files/activate.py - the step that points the launchers at one engine version and
-prunes the others - is run as the role runs it, with `cni_plugins_lib_dir` shared with a venv and
-another tool's directories: only digest-named directories holding our marker (or, installed before
-the marker existed, our engine) go.
+roles/cni_plugins/files/activate.py - the node-side step that activates one engine release and prunes
+the older ones - is run as the role runs it, with `cni_plugins_lib_dir` shared with a venv and another
+tool's directories: only `<version>-<digest12>` directories under releases/ holding RELEASE.json go.
 """
 from __future__ import annotations
 
@@ -19,52 +18,68 @@ ACTIVATE = os.path.join(cnitest.ROOT, "roles", "cni_plugins", "files", "activate
 ENGINE = os.path.join(cnitest.LIB, "cni")
 
 
-def release(top: str, name: str, marker: bool) -> str:
-    path = os.path.join(top, name)
+def release(lib: str, name: str, marker: bool = True) -> str:
+    path = os.path.join(lib, "releases", name)
     shutil.copytree(ENGINE, os.path.join(path, "cni"), ignore=shutil.ignore_patterns("__pycache__"))
     if marker:
-        open(os.path.join(path, ".cnikit-engine"), "w").close()
+        with open(os.path.join(path, "RELEASE.json"), "w", encoding="utf-8") as fh:
+            json.dump({"name": name}, fh)
     return path
 
 
-def activate(libdir: str, dest: str, *extra: str) -> dict:
+def node(op: str, lib: str, dest: str, **extra: object) -> dict:
     with open(ACTIVATE, encoding="utf-8") as fh:
         program = fh.read()
-    proc = subprocess.run([PY, "-I", "-c", program, libdir, PY, dest, "host-local", "", *extra],
-                          env=dict(os.environ, CC=""), capture_output=True, text=True, timeout=120, check=False)
+    args = dict(op=op, lib_dir=lib, bin_dir=dest, python=PY, names=["host-local"], go_reference=[],
+                replace=[], **extra)
+    proc = subprocess.run([PY, "-I", "-c", program, json.dumps(args)], env=dict(os.environ, CC=""),
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
 
 
 def test_prune_keeps_what_is_not_an_engine_release(sandbox, tmp_path):
-    top = str(tmp_path / "lib")  # cni_plugins_lib_dir: /opt/cni/lib, shared with the venv
-    mine = release(top, "0123456789abcdef", marker=False)
-    old = release(top, "fedcba9876543210", marker=True)
-    legacy = release(top, "aaaaaaaaaaaaaaaa", marker=False)  # installed before the marker existed
-    venv = os.path.join(top, "venv", "bin")
-    os.makedirs(venv)
-    foreign = os.path.join(top, "bbbbbbbbbbbbbbbb", "data")  # digest-like name, not ours
+    lib = str(tmp_path / "lib")  # cni_plugins_lib_dir, shared with a venv and another tool
+    old = release(lib, "1.0.0-aaaaaaaaaaaa")
+    mine = "1.1.0-0123456789ab"
+    release(lib, mine)
+    unmarked = release(lib, "1.0.0-bbbbbbbbbbbb", marker=False)  # release-like name, no RELEASE.json
+    foreign = os.path.join(lib, "releases", "notes")  # not a release name
     os.makedirs(foreign)
-    os.symlink(old, os.path.join(top, "cccccccccccccccc"))  # a link to a release is not one
+    os.symlink(old, os.path.join(lib, "releases", "1.0.0-cccccccccccc"))  # a link to a release is not one
+    venv = os.path.join(lib, "venv", "bin")  # a sibling of releases/
+    os.makedirs(venv)
     dest = str(tmp_path / "bin")
 
-    planned = activate(mine, dest, "--check")
-    assert planned["pruned"] == [legacy, old] and os.path.isdir(old)  # check mode: nothing removed
+    assert node("status", lib, dest, release=mine)["releases"] == ["1.0.0-aaaaaaaaaaaa", mine]
+    planned = node("activate", lib, dest, release=mine, keep=0, check=True)
+    assert planned["pruned"] == ["1.0.0-aaaaaaaaaaaa"] and os.path.isdir(old)  # check mode: nothing removed
 
-    done = activate(mine, dest)
-    assert done["pruned"] == [legacy, old]
-    assert sorted(os.listdir(top)) == ["0123456789abcdef", "bbbbbbbbbbbbbbbb", "cccccccccccccccc", "venv"]
-    assert os.path.isdir(venv) and os.path.isdir(foreign)
-    assert os.path.isfile(os.path.join(mine, ".cnikit-engine"))  # the release in use is marked now
-    assert activate(mine, dest)["pruned"] == []
+    done = node("activate", lib, dest, release=mine, keep=0)
+    assert done["pruned"] == ["1.0.0-aaaaaaaaaaaa"] and not os.path.exists(old)
+    assert sorted(os.listdir(os.path.join(lib, "releases"))) == ["1.0.0-bbbbbbbbbbbb", "1.0.0-cccccccccccc",
+                                                                  mine, "notes"]
+    assert os.path.isdir(venv) and os.path.isdir(foreign) and os.path.isdir(unmarked)
+    assert node("activate", lib, dest, release=mine, keep=0)["pruned"] == []
 
 
 def test_agent_unit_sets_a_descriptor_limit():
     """The systemd unit gives the agent room for many connections (it raises its soft limit to it)."""
     import yaml  # noqa: PLC0415
 
-    with open(os.path.join(cnitest.ROOT, "roles", "cni_plugins", "tasks", "main.yml"), encoding="utf-8") as fh:
+    with open(os.path.join(cnitest.ROOT, "roles", "cni_plugins", "tasks", "agent.yml"), encoding="utf-8") as fh:
         tasks = yaml.safe_load(fh)
     (unit,) = [t["ansible.builtin.copy"]["content"] for t in tasks if t.get("name") == "The node agent's systemd unit"]
     limits = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert limits and int(limits[0].split("=")[1]) >= 4096
+
+
+def test_process_mode_signals_only_the_agent():
+    """A stale pidfile's pid is signalled only when its command line is the agent's (L7)."""
+    import yaml  # noqa: PLC0415
+
+    with open(os.path.join(cnitest.ROOT, "roles", "cni_plugins", "tasks", "agent.yml"), encoding="utf-8") as fh:
+        tasks = yaml.safe_load(fh)
+    (script,) = [t["ansible.builtin.shell"]["cmd"] for t in tasks if t.get("name") == "Run the node agent as a background process"]
+    kill_at = script.index('kill "$pid"')
+    assert "/proc/$pid/cmdline" in script[:kill_at] and "cnikit agent" in script[:kill_at]

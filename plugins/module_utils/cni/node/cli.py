@@ -75,6 +75,19 @@ def net_command(args: argparse.Namespace, environ: Dict[str, str]) -> int:
     return 0
 
 
+def release_info() -> dict:
+    """{"release": RELEASE.json} when this engine runs from a release the role cni_plugins installed
+    (the file sits next to the `cni` package); {} in a source tree."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for _ in range(3):  # the package root, wherever this module sits inside it
+        here = os.path.dirname(here)
+        path = os.path.join(here, "RELEASE.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                return {"release": json.load(fh)}
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnikit", description="cnikit CNI toolkit")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--cni-path", default=None,
                        help="the only dirs foreign plugins are exec'd from, ':'-separated (default: the dir of "
                             "this cnikit executable, else /opt/cni/bin); see docs/security.md")
-    sub.add_parser("version", help="print the supported CNI versions")
+    sub.add_parser("version", help="print the supported CNI versions and the installed release")
     from .reclaim import add_parser as add_reclaim_parser  # noqa: PLC0415 - stdlib-only module
 
     add_reclaim_parser(sub)  # `cnikit reclaim` (alias gc): node-level leak reclaim (docs/reliability.md)
@@ -129,7 +142,7 @@ def main(argv: List[str]) -> int:
     if args.cmd == "version":
         from ..protocol import spec  # noqa: PLC0415
 
-        print(spec.dumps(spec.version_info()))
+        print(spec.dumps(dict(spec.version_info(), **release_info())))
         return 0
     try:
         if args.cmd in ("reclaim", "gc"):

@@ -1,0 +1,134 @@
+"""Pack one engine release on the controller, for nodes that fetch nothing themselves.
+
+    python3 bundle.py '{"engine_src": DIR, "collection_root": DIR, "wheel_dir": DIR or "", "out_dir": DIR}'
+
+The release is: the engine package (`cni/`, with node/relay.c - the relay's source, compiled on the node
+when it has a C compiler), pyroute2 (and any unconditional pure-Python dependency) and
+RELEASE.json. pyroute2 comes from the wheels in `wheel_dir` when given (pure-Python wheels only,
+e.g. `pip download pyroute2 --no-deps -d DIR`), else from the controller's own installed
+distribution (its RECORD lists the files). The tarball is built with Python's tarfile - no GNU tar
+on the controller - with sorted names, zero mtimes and owners, so the same content always gives the
+same bytes; its content digest names the release: `<collection version>-<digest[:12]>`. Prints
+{"name", "version", "digest", "tarball", "pyroute2", "source"}; exits 1 with a message saying what
+to do when pyroute2 cannot be found.
+"""
+import gzip
+import hashlib
+import importlib.metadata as md
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+import zipfile
+
+SKIP = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$")
+PURE_WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-\d[^-]*)?-py3(\.py\d+)?-none-any\.whl$")
+
+
+def fail(msg):
+    print(json.dumps({"failed": True, "msg": msg}))
+    sys.exit(1)
+
+
+def collection_version(root):
+    manifest = os.path.join(root, "MANIFEST.json")
+    if os.path.exists(manifest):  # an installed collection
+        with open(manifest, encoding="utf-8") as fh:
+            return json.load(fh)["collection_info"]["version"]
+    with open(os.path.join(root, "galaxy.yml"), encoding="utf-8") as fh:  # a checkout
+        match = re.search(r"^version:\s*['\"]?([^'\"\s]+)", fh.read(), re.M)
+    return match.group(1) if match else "0.0.0"
+
+
+def engine_files(src):
+    out = {}
+    for top, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            rel = "cni/" + os.path.relpath(path, src).replace(os.sep, "/")
+            if not SKIP.search(rel):
+                with open(path, "rb") as fh:
+                    out[rel] = fh.read()
+    return out
+
+
+def wheel_files(wheel_dir):
+    out, versions = {}, {}
+    wheels = sorted(f for f in os.listdir(wheel_dir) if f.endswith(".whl"))
+    for wheel in wheels:
+        match = PURE_WHEEL.match(wheel)
+        if not match:
+            fail(f"{wheel} in cni_plugins_wheel_dir {wheel_dir} is not a pure-Python (py3-none-any) wheel: the "
+                 "release must run on every node's interpreter")
+        versions[match.group("name").lower().replace("_", "-")] = match.group("version")
+        with zipfile.ZipFile(os.path.join(wheel_dir, wheel)) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and not SKIP.search(info.filename) and ".data/" not in info.filename:
+                    out[info.filename] = zf.read(info)
+    if "pyroute2" not in versions:
+        fail(f"no pyroute2 wheel in cni_plugins_wheel_dir {wheel_dir} ({len(wheels)} wheels): run "
+             f"`pip download 'pyroute2>=0.9.5,<0.10' --no-deps -d {wheel_dir}` on a machine with an index")
+    return out, versions["pyroute2"]
+
+
+def installed_files():
+    try:
+        dist = md.distribution("pyroute2")
+    except md.PackageNotFoundError:
+        fail(f"pyroute2 is not installed in the controller's Python ({sys.executable}), and "
+             "cni_plugins_wheel_dir is not set: install it there (`pip install 'pyroute2>=0.9.5,<0.10'`) or "
+             "set cni_plugins_wheel_dir to a directory with its wheel (`pip download pyroute2 --no-deps -d DIR`)")
+    hard = [r for r in (dist.requires or []) if ";" not in r]
+    if hard:
+        fail(f"pyroute2 {dist.version} on the controller requires {hard}: use cni_plugins_wheel_dir with all wheels")
+    out = {}
+    for f in dist.files or []:
+        rel = str(f).replace(os.sep, "/")
+        skip = ("/RECORD", "/INSTALLER", "/REQUESTED", "/direct_url.json")  # install-time, not the package
+        if rel.startswith("..") or SKIP.search(rel) or rel.endswith(skip):
+            continue
+        with open(dist.locate_file(f), "rb") as fh:
+            out[rel] = fh.read()
+    return out, dist.version
+
+
+def main():
+    args = json.loads(sys.argv[1])
+    files = engine_files(args["engine_src"])
+    if "cni/node/main.py" not in files and "cni/main.py" not in files:
+        fail(f"cni_plugins_engine_src {args['engine_src']} is not the engine package (no main.py)")
+    if args.get("wheel_dir"):
+        deps, pyroute2 = wheel_files(args["wheel_dir"])
+        source = f"wheels in {args['wheel_dir']}"
+    else:
+        deps, pyroute2 = installed_files()
+        source = f"the controller's installed pyroute2 ({sys.executable})"
+    files.update(deps)
+    listing = "".join(f"{name}\0{hashlib.sha256(data).hexdigest()}\n" for name, data in sorted(files.items()))
+    digest = hashlib.sha256(listing.encode()).hexdigest()
+    version = collection_version(args["collection_root"])
+    name = f"{version}-{digest[:12]}"
+    release = {"name": name, "collection_version": version, "digest": digest, "pyroute2": pyroute2,
+               "python_requires": ">=3.9"}
+    files["RELEASE.json"] = (json.dumps(release, indent=1, sort_keys=True) + "\n").encode()
+    os.makedirs(args["out_dir"], exist_ok=True)
+    tarball = os.path.join(args["out_dir"], f"cnikit-{name}.tar.gz")
+    if not os.path.exists(tarball):
+        buf = io.BytesIO()
+        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w",
+                                                                                format=tarfile.PAX_FORMAT) as tar:
+            for rel, data in sorted(files.items()):
+                info = tarfile.TarInfo(rel)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+        tmp = f"{tarball}.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, tarball)
+    print(json.dumps(dict(release, tarball=tarball, source=source)))
+
+
+main()
