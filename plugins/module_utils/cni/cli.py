@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .gc import add_parser as add_gc_parser  # noqa: PLC0415 - stdlib-only module
 
     add_gc_parser(sub)  # `cnikit gc`: node-level leak collection (docs/reliability.md)
+    cip = sub.add_parser("cluster-ipam", help="list / reclaim the cnikit-cluster IPAM's leases in etcd "
+                                              "(docs/cluster-state.md)")
+    cip.add_argument("action", choices=("list", "reclaim"))
+    cip.add_argument("--conf", required=True, help="a network config or conflist using ipam type cnikit-cluster")
+    cip.add_argument("--node", default="", help="reclaim: the node that is gone (required)")
     renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
     renew.add_argument("--once", action="store_true", help="one pass; print each lease's state")
     renew.add_argument("--interval", type=float, default=30.0, help="longest sleep between passes (s)")
@@ -123,6 +128,10 @@ def main(argv: List[str]) -> int:
     try:
         if args.cmd == "gc":
             return args.func(args)
+        if args.cmd == "cluster-ipam":
+            from .ipam import cluster  # noqa: PLC0415 - loads etcd3gw only when used
+
+            return cluster.cli_main(args)
         if args.cmd == "dhcp-renew":
             from .ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
 
