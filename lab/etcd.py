@@ -37,11 +37,16 @@ class Member:
     client_port: int = CLIENT_PORT
     peer_port: int = PEER_PORT
     prefix: List[str] = field(default_factory=list)  # nsenter argv into a lab node, or []
+    alt_ip: str = ""  # a second client address (loopback tests cut one client off with iptables)
     proc: Optional[subprocess.Popen] = None
 
     @property
     def client_url(self) -> str:
         return f"https://{self.ip}:{self.client_port}"
+
+    @property
+    def alt_url(self) -> str:
+        return f"https://{self.alt_ip}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -52,7 +57,8 @@ def member_args(m: Member, cluster: Sequence[Member], pki_dir: str, token: str, 
     """etcd 3.4 flags for one TLS member (client and peer certificate auth on)."""
     crt, key, ca = (os.path.join(pki_dir, f) for f in (f"{m.name}.crt", f"{m.name}.key", "ca.crt"))
     return [ETCD, "--name", m.name, "--data-dir", m.data_dir,
-            "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+            "--listen-client-urls", m.client_url + (f",{m.alt_url}" if m.alt_ip else ""),
+            "--advertise-client-urls", m.client_url,
             "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
             "--initial-cluster", ",".join(f"{o.name}={o.peer_url}" for o in cluster),
             "--initial-cluster-state", state, "--initial-cluster-token", token,
@@ -64,7 +70,8 @@ def member_args(m: Member, cluster: Sequence[Member], pki_dir: str, token: str, 
 class Cluster:
     def __init__(self, members: List[Member], pki_dir: str, token: str = "cnikit-lab") -> None:
         self.members, self.pki_dir, self.token = members, pki_dir, token
-        pki.ensure_cluster(pki_dir, {m.name: [m.ip] for m in members}, clients=("client",))
+        pki.ensure_cluster(pki_dir, {m.name: [m.ip] + ([m.alt_ip] if m.alt_ip else []) for m in members},
+                           clients=("client",))
 
     @classmethod
     def in_lab(cls, state: Dict, workdir: str, nodes: Optional[Sequence[str]] = None) -> "Cluster":
@@ -78,11 +85,12 @@ class Cluster:
     def loopback(cls, count: int, workdir: str, base_port: int = 23790) -> "Cluster":
         require_sandbox()
         members = [Member(f"m{i}", f"127.0.0.{11 + i}", os.path.join(workdir, "data", f"m{i}"),
-                          client_port=base_port, peer_port=base_port + 1) for i in range(count)]
+                          client_port=base_port, peer_port=base_port + 1, alt_ip=f"127.0.0.{21 + i}")
+                   for i in range(count)]
         return cls(members, os.path.join(workdir, "pki"))
 
-    def config(self, timeout: float = 1.5, members: Optional[Sequence[Member]] = None) -> EtcdConfig:
-        return EtcdConfig(endpoints=tuple(m.client_url for m in (members or self.members)),
+    def config(self, timeout: float = 1.5, members: Optional[Sequence[Member]] = None, alt: bool = False) -> EtcdConfig:
+        return EtcdConfig(endpoints=tuple(m.alt_url if alt else m.client_url for m in (members or self.members)),
                           ca_file=os.path.join(self.pki_dir, "ca.crt"),
                           cert_file=os.path.join(self.pki_dir, "client.crt"),
                           key_file=os.path.join(self.pki_dir, "client.key"), timeout=timeout)
