@@ -66,8 +66,46 @@ def test_deploy_healthy_in_the_lab_nodes_and_idempotent(lab3, lab_state, pki):
                                              + [f"etcd-{n['name']}.{e}" for n in lab3["nodes"] for e in ("crt", "key")])
     again = run(lab_state, pki)
     assert again.rc == 0 and again.changed == 0, again.output[-3000:]
-    check = run(lab_state, pki, "--check")
-    assert check.rc == 0 and check.changed == 0
+
+
+SITE = os.path.join(ROOT, "playbooks", "site.yml")
+
+
+def etcdctl(state, *args, node="k8s-master"):
+    pid = next(n["pid"] for n in state["nodes"] if n["name"] == node)
+    d = "/etc/cni/cnikit-etcd"
+    return lab.run_in(pid, ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "https://192.168.80.100:2379",
+                            f"--cacert={d}/ca.crt", f"--cert={d}/client.crt", f"--key={d}/client.key", *args])
+
+
+def test_macvlan_role_on_the_cluster_ipam(lab3, lab_state, pki):
+    """site.yml with cni_macvlan_ipam=cluster: one pod per node gets an address from the one pool
+    in etcd (.120 on), the pods ping each other across nodes, DEL leaves no key."""
+    result = play.playbook(SITE, ["-e", f"etcd_pki_dir={pki}", "-e", "etcd_member_group=k8s_cluster",
+                                  "-e", "cni_macvlan_ipam=cluster", "-e", "cni_macvlan_shim=false",
+                                  "-e", f"cni_plugins_engine_src={play.engine_snapshot()}"],
+                           extra_env={"CNIKIT_LAB_STATE": lab_state})
+    assert result.rc == 0, result.output[-3000:]
+    ips = {}
+    for n in lab3["nodes"]:
+        conf = json.loads(lab.run_in(n["pid"], ["cat", "/etc/cni/net.d/10-macvlannet.conf"]).stdout)
+        assert conf["ipam"]["type"] == "cnikit-cluster" and conf["ipam"]["node"] == n["name"]
+        lab.run_in(n["pid"], ["ip", "netns", "add", "pod"])
+        out = lab.run_in(n["pid"], ["env", "CNI_PATH=/opt/cni/bin", "/opt/cni/bin/cnikit", "net", "add",
+                                    "macvlannet", "/run/netns/pod"])
+        ips[n["name"]] = json.loads(out.stdout)["ips"][0]["address"].split("/")[0]
+    assert len(set(ips.values())) == 3 and all(int(ip.rsplit(".", 1)[1]) >= 120 for ip in ips.values())
+    keys = etcdctl(lab3, "get", "/cnikit/ipam/macvlannet/owners/", "--prefix", "--keys-only").stdout.split()
+    assert sorted(k.split("/")[5] for k in keys) == sorted(ips)
+    for n in lab3["nodes"]:
+        for other, ip in ips.items():
+            if other != n["name"]:
+                lab.run_in(n["pid"], ["ip", "netns", "exec", "pod", "ping", "-c1", "-W2", ip])
+    for n in lab3["nodes"]:
+        lab.run_in(n["pid"], ["env", "CNI_PATH=/opt/cni/bin", "/opt/cni/bin/cnikit", "net", "del",
+                              "macvlannet", "/run/netns/pod"])
+        lab.run_in(n["pid"], ["ip", "netns", "del", "pod"])
+    assert etcdctl(lab3, "get", "/cnikit/ipam/", "--prefix", "--keys-only").stdout.strip() == ""
 
 
 def test_a_killed_member_is_restarted(lab3, lab_state, pki):
