@@ -285,12 +285,15 @@ class Client:
         kvs = resp.get("kvs") or []
         return KV.from_api(kvs[0]) if kvs else None
 
-    def get_prefix(self, prefix: str, serializable: bool = False) -> Tuple[List[KV], int]:
-        """Every key under `prefix` (sorted by key) and the store revision they were read at."""
-        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
-                "sort_order": "ASCEND", "sort_target": "KEY"}
+    def get_prefix(self, prefix: str, serializable: bool = False, keys_only: bool = False) -> Tuple[List[KV], int]:
+        """Every key under `prefix` (sorted by key) and the store revision they were read at;
+        `keys_only` leaves the values out (a fraction of the bytes to move and decode)."""
+        body: Dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                "sort_order": "ASCEND", "sort_target": "KEY"}
         if serializable:
             body["serializable"] = True
+        if keys_only:
+            body["keys_only"] = True
         resp = self._post("range", "/kv/range", body)
         return [KV.from_api(item) for item in resp.get("kvs") or []], int(resp["header"]["revision"])
 

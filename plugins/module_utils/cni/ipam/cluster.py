@@ -113,7 +113,7 @@ class Allocator:
         owner_key = self.keys.owner(self.node, cid, ifname)
         record = owner_record(self.node, cid, ifname)
         for _ in range(MAX_COLLISIONS):
-            kvs, _rev = self.cli.get_prefix(self.keys.ips)
+            kvs, _rev = self.cli.get_prefix(self.keys.ips, keys_only=True)
             taken = {kv.key[len(self.keys.ips):] for kv in kvs}
             if self.owned(cid, ifname) is not None:
                 raise CNIError(ERR, f"{cid}/{ifname} already holds an address in network "
@@ -299,7 +299,7 @@ class ClusterIpam(Plugin):
         try:
             with cli, cli.budget():
                 flush_pending(cc, alloc)
-                kvs, _ = cli.get_prefix(alloc.keys.ips)
+                kvs, _ = cli.get_prefix(alloc.keys.ips, keys_only=True)
         except Unavailable as exc:
             raise CNIError(spec.ERR_NOT_AVAILABLE, f"cnikit-cluster: {exc.msg}", exc.details) from None
         taken = {kv.key[len(alloc.keys.ips):] for kv in kvs}
