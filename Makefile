@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test unit demo bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test unit demo bench bench-cluster bench-cluster-scale lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -56,6 +56,14 @@ demo: deps venv plugins
 
 bench: deps venv plugins
 	tools/sandbox.sh $(PY) -m bench.run
+
+# The cluster IPAM under load (docs/cluster-state.md): 500 parallel ADDs over 3 lab nodes against
+# a real etcd, next to host-local and Go's host-local; and the simulated clients of the scaling model.
+bench-cluster: deps venv plugins
+	tools/sandbox.sh $(PY) -m bench.cluster_load --count 500 --concurrency 8 --modes exec,agent
+
+bench-cluster-scale: deps venv
+	tools/sandbox.sh $(PY) -m bench.cluster_scale
 
 clean:
 	rm -rf build .venv

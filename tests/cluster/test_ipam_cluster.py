@@ -162,7 +162,7 @@ def test_txn_collision_is_retried(client, tmp_path, monkeypatch):
     stolen = []
 
     def racing_txn(self, compare, ops, failure=()):
-        if not stolen:  # the first attempt: another node commits the picked address first
+        if compare and not stolen:  # the first commit: another node commits the picked address first
             key = base64.b64decode(compare[0]["key"]).decode()
             orig_txn(client, [cmp_absent(key)], [op_put(key, json.dumps({"node": "x", "containerID": "y", "ifname": "eth0"}))])
             stolen.append(key.rsplit("/", 1)[1])

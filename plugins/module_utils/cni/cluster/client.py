@@ -180,6 +180,13 @@ def op_get(key: str) -> Dict[str, Any]:
     return {"request_range": {"key": _b64(key)}}
 
 
+def op_get_prefix(prefix: str, keys_only: bool = False) -> Dict[str, Any]:
+    req: Dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+    if keys_only:
+        req["keys_only"] = True
+    return {"request_range": req}
+
+
 @dataclass
 class TxnResult:
     succeeded: bool

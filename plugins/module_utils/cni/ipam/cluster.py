@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import skel, spec
-from ..cluster.client import Client, EtcdConfig, Unavailable, cmp_absent, cmp_mod_revision, op_delete, op_put
+from ..cluster.client import Client, EtcdConfig, Unavailable, cmp_absent, cmp_mod_revision, op_delete, op_get, op_get_prefix, op_put
 from ..plugins import Plugin
 from ..spec import CNIError
 from .host_local import IpamConf, RangeSet, load_config, parse_resolv_conf
@@ -113,9 +113,10 @@ class Allocator:
         owner_key = self.keys.owner(self.node, cid, ifname)
         record = owner_record(self.node, cid, ifname)
         for _ in range(MAX_COLLISIONS):
-            kvs, _rev = self.cli.get_prefix(self.keys.ips, keys_only=True)
-            taken = {kv.key[len(self.keys.ips):] for kv in kvs}
-            if self.owned(cid, ifname) is not None:
+            # one round trip: the taken addresses (keys only) and this attachment's owner key
+            snap = self.cli.txn([], [op_get_prefix(self.keys.ips, keys_only=True), op_get(owner_key)])
+            taken = {kv.key[len(self.keys.ips):] for kv in snap.kvs(0)}
+            if snap.kvs(1):
                 raise CNIError(ERR, f"{cid}/{ifname} already holds an address in network "
                                     f"{self.keys.root.rstrip('/').rsplit('/', 1)[1]}, duplicate allocation is not allowed")
             picked: List[IPAddr] = []
