@@ -60,7 +60,8 @@ bench: deps venv plugins
 # The cluster IPAM under load (docs/cluster-state.md): 500 parallel ADDs over 3 lab nodes against
 # a real etcd, next to host-local and Go's host-local; and the simulated clients of the scaling model.
 bench-cluster: deps venv plugins
-	tools/sandbox.sh $(PY) -m bench.cluster_load --count 500 --concurrency 8 --modes exec,agent
+	tools/sandbox.sh $(PY) -m bench.cluster_load --count 500 --concurrency 8 --modes agent
+	tools/sandbox.sh $(PY) -m bench.cluster_load --count 60 --concurrency 4 --modes exec
 
 bench-cluster-scale: deps venv
 	tools/sandbox.sh $(PY) -m bench.cluster_scale

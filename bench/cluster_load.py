@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1.5, help="the cluster IPAM's etcd deadline per operation")
     a = ap.parse_args()
     lab.require_sandbox()
+    # SIGTERM (timeout, an interrupted make) unwinds through the finally below: the lab and the
+    # etcd members it started are stopped, never left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="cnikit-bench-cluster-")
     statefile = os.path.join(work, "lab.json")
     state = lab.up(3, path=statefile)
