@@ -9,7 +9,7 @@ DEST ?= $(ROOT)/build/bin
 PYTEST_ARGS ?=
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test unit demo bench bench-cluster bench-cluster-scale lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test unit imports demo bench bench-cluster bench-cluster-scale lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -24,13 +24,18 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# Write every CNI executable (bridge, macvlan, host-local, ...) into $(DEST): the compiled shim built
+# Write every CNI executable (bridge, macvlan, host-local, ...) into $(DEST): the compiled exec relay built
 # with $(CC) (make's default: cc), or with `make plugins CC=` the dash + Python launchers.
 plugins: venv
-	$(PY) -c 'import sys; sys.path.insert(0, "$(ROOT)/plugins/module_utils"); from cni.main import main; sys.exit(main(["cnikit", "install-plugins", "$(DEST)", "--python", "$(PY)", "--cc", "$(CC)"]))'
+	$(PY) -c 'import sys; sys.path.insert(0, "$(ROOT)/plugins/module_utils"); from cni.node.main import main; sys.exit(main(["cnikit", "install-plugins", "$(DEST)", "--python", "$(PY)", "--cc", "$(CC)"]))'
 
 unit: venv
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The engine's import contracts (.importlinter: layers, pyroute2 only in net/, no cycles); also a unit
+# test (tests/unit/test_import_contracts.py), so `make unit` and `make test` fail on a violation.
+imports: venv
+	cd plugins/module_utils && PYTHONPATH=. $(VENV)/bin/lint-imports --config $(ROOT)/.importlinter
 
 # ansible-test's sanity virtualenvs (tests/ansible/test_packaging.py), made once outside the sandbox:
 # inside it there is no network to install them from.

@@ -6,7 +6,7 @@ ours, ours-inproc, go, ...), so machine noise hits them alike and the ratio come
 
 Flavours:
   go           the Go reference plugins 1.1.1, /usr/lib/cni
-  ours         our executables with the node agent up (the production path: sh launcher -> shim ->
+  ours         our executables with the node agent up (the production path: sh launcher -> relay ->
                agent)
   ours-inproc  our executables with no agent (the fallback: the engine imported in the process)
 
@@ -91,7 +91,7 @@ def setup_sandbox(flavours: List[str]) -> Optional[Agent]:
     if os.environ.get("CNIKIT_SANDBOX") != "1":
         raise SystemExit("bench cases must run inside tools/sandbox.sh")
     sys.path.insert(0, LIB)
-    from cni.main import write_executables  # noqa: PLC0415
+    from cni.node.installer import write_executables  # noqa: PLC0415
 
     py = os.path.join(ROOT, ".venv", "bin", "python3")
     write_executables(BINDIRS["ours"], py, LIB, socket=AGENT_SOCK)

@@ -62,7 +62,7 @@ def run(plugin: str, command: str, conf: Any, *, go: bool = False, **kw: Any) ->
 
 def inproc(plugin: str, command: str, conf: Any, **kw: Any) -> Outcome:
     """Our plugin called in-process through the same skel as the executable."""
-    from cni import registry, skel  # noqa: PLC0415
+    from cni.protocol import registry, skel  # noqa: PLC0415
 
     data = conf if isinstance(conf, (bytes, str)) else json.dumps(conf)
     if isinstance(data, str):

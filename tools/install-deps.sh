@@ -1,6 +1,6 @@
 #!/bin/bash
 # Install the Debian packages the demo and the tests need, only those missing (root; apt-get update once).
-# gcc + libc6-dev build the compiled CNI shim (plugins/module_utils/cni/shim.c); without them the
+# gcc + libc6-dev build the compiled CNI exec relay (plugins/module_utils/cni/node/relay.c); without them the
 # executables are the slower dash + Python launchers.
 set -euo pipefail
 PKGS="gcc libc6-dev containernetworking-plugins podman containerd busybox-static iptables nftables python3-nftables iputils-ping dnsmasq-base etcd-server iproute2 util-linux etcd-client bird2 openssh-server sudo qemu-system-x86 tcpdump"

@@ -11,16 +11,18 @@ from typing import TYPE_CHECKING
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.cnikit.cni.plugins.module_utils.cni.spec import CNIError
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.protocol.spec import CNIError
 
 
-# The runtime loads a built-in plugin by its type name (importlib, see cni/registry.py), which AnsiballZ
+# The runtime loads a built-in plugin by its type name (importlib, see cni/protocol/registry.py), which AnsiballZ
 # cannot follow. These imports are never executed; they only make AnsiballZ pack every plugin into the
 # modules that use this client (an import below module level is optional to AnsiballZ, so a plugin the
 # engine does not have is simply not packed). tests/ansible/test_client.py keeps the list = the registry.
 if TYPE_CHECKING:
-    from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins import (  # noqa: F401 pylint: disable=unused-import
-        bandwidth, bridge, dummy, firewall, host_device, ipvlan, loopback, macvlan, portmap, ptp, sbr, tap, tuning, vlan)
+    from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.main import (  # noqa: F401 pylint: disable=unused-import
+        bridge, dummy, host_device, ipvlan, loopback, macvlan, ptp, tap, vlan)
+    from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.meta import (  # noqa: F401 pylint: disable=unused-import
+        bandwidth, firewall, portmap, sbr, tuning)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
 
 
@@ -68,7 +70,7 @@ class CNIModule:
 
     def link_attrs(self, **extra):
         """netstate.LinkAttrs of the interface named by O(name) and the LINK_OPTIONS parameters."""
-        from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate  # pylint: disable=import-outside-toplevel
+        from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate  # pylint: disable=import-outside-toplevel
 
         p = self.params
         return self.run(netstate.LinkAttrs, p["name"], **{k: p[k] for k in LINK_OPTIONS}, **extra)

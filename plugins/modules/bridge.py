@@ -14,28 +14,12 @@ description:
     addresses, routes and up/down state to what is asked, changing only what differs.
   - Ports are added from the port's side, e.g. O(cnikit.cni.veth#module:bridge).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
   - cnikit.cni.link
-requirements:
-  - pyroute2 >= 0.9.5
-  - root on the target
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 options:
-  name:
-    description: Bridge name (at most 15 characters).
-    type: str
-    required: true
   state:
     description: Whether the bridge should exist (deleting it releases its ports).
-    type: str
-    choices: [present, absent]
-    default: present
 """
 
 EXAMPLES = r"""
@@ -56,7 +40,7 @@ state:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

@@ -18,14 +18,9 @@ description:
   - Warns when another file in O(conf_dir) that libcni reads first defines the same network name
     (that file would win).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+  - cnikit.cni.common
+  - cnikit.cni.common.state
 options:
   name:
     description: The network name; put into O(config) when it has none, and it must match when it has one.
@@ -62,9 +57,6 @@ options:
     default: [/opt/cni/bin]
   state:
     description: Whether the file should exist.
-    type: str
-    choices: [present, absent]
-    default: present
 """
 
 EXAMPLES = r"""
@@ -107,7 +99,8 @@ content:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate, runtime
+from ansible_collections.cnikit.cni.plugins.module_utils.cni import runtime
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

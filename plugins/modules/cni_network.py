@@ -22,20 +22,17 @@ description:
     be attached and nothing is done.
   - O(state=checked) runs CHECK only and fails when the attachment does not hold.
   - O(state=gc) runs the spec's GC - every cached attachment of the network not in
-    O(valid_attachments) is deleted, then each plugin gets GC (cniVersion 1.1.0 and later).
+    O(valid_attachments) is deleted, then each plugin gets GC (cniVersion 1.1.0 and later) with
+    O(valid_attachments) as an explicit list, and frees what the network holds for any attachment
+    not in it - also what another runtime attached to the same network name and data directory.
+    Only one runtime may GC a network; see docs/runtime.md (the multi-runtime hazard).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
-requirements:
-  - pyroute2 >= 0.9.5
-  - root on the target
+  - cnikit.cni.common
+  - cnikit.cni.common.netlink
 attributes:
   check_mode:
-    support: full
     details: CHECK (read-only) runs in check mode, so the prediction of C(changed) is exact.
-  diff_mode:
-    support: full
 options:
   name:
     description: Name of a network to load from O(conf_dir) (first C(.conflist), then C(.conf)/C(.json), as libcni).
@@ -71,7 +68,9 @@ options:
       - Omitted on DEL/CHECK, the ones cached by ADD are used.
     type: dict
   valid_attachments:
-    description: For O(state=gc), the attachments to keep, as dicts with C(container_id) and C(ifname).
+    description:
+      - For O(state=gc), the attachments to keep, as dicts with C(container_id) and C(ifname).
+      - Always sent as an explicit list; the default V([]) means nothing is valid.
     type: list
     elements: dict
     default: []
@@ -152,7 +151,8 @@ reattached:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate, runtime
+from ansible_collections.cnikit.cni.plugins.module_utils.cni import runtime
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

@@ -18,12 +18,9 @@ description:
   - Pure computation; meant to run once on the controller (C(run_once), C(delegate_to=localhost))
     before any node is changed.
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: none
 options:
@@ -106,7 +103,7 @@ persist:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import ranges as planner
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import ranges as planner
 
 
 def main() -> None:

@@ -18,23 +18,10 @@ description:
   - A host-side macvlan in V(bridge) mode carrying the node's address - the C(macv-host) shim - lets
     a node reach its own macvlan pods, which a master interface cannot do by itself.
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
   - cnikit.cni.link
-requirements:
-  - pyroute2 >= 0.9.5
-  - root on the target
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 options:
-  name:
-    description: Interface name (at most 15 characters).
-    type: str
-    required: true
   master:
     description: The parent interface, in the namespace the module runs in. Required with O(state=present).
     type: str
@@ -43,11 +30,6 @@ options:
     type: str
     choices: [bridge, private, vepa, passthru, source]
     default: bridge
-  state:
-    description: Whether the interface should exist.
-    type: str
-    choices: [present, absent]
-    default: present
 """
 
 EXAMPLES = r"""
@@ -89,7 +71,7 @@ state:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

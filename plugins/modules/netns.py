@@ -16,17 +16,10 @@ description:
   - A file left under C(/run/netns) by a failed create (not a mounted namespace) is replaced on
     O(state=present) and removed on O(state=absent).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
-requirements:
-  - pyroute2 >= 0.9.5
-  - root (CAP_SYS_ADMIN) on the target
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+  - cnikit.cni.common
+  - cnikit.cni.common.netlink
+  - cnikit.cni.common.state
 options:
   name:
     description: Name of the namespace, a plain file name (no C(/)).
@@ -34,9 +27,6 @@ options:
     required: true
   state:
     description: Whether the namespace should exist.
-    type: str
-    choices: [present, absent]
-    default: present
   loopback_up:
     description:
       - V(true) sets C(lo) up, V(false) sets it down.
@@ -73,7 +63,7 @@ path:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

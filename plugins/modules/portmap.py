@@ -20,17 +20,12 @@ description:
     added (so a shorter list removes the mappings it no longer has). With O(state=absent) the set is
     deleted when CHECK finds it installed or a record exists.
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
+  - cnikit.cni.common.state
 requirements:
   - nft (nftables backend) or iptables-restore (iptables backend) on the target
   - root on the target
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 options:
   network:
     description: The CNI network name the mappings belong to (it names the chains, as in the plugin).
@@ -87,9 +82,6 @@ options:
     default: eth0
   state:
     description: Whether the mappings should be installed.
-    type: str
-    choices: [present, absent]
-    default: present
 """
 
 EXAMPLES = r"""
@@ -102,13 +94,21 @@ EXAMPLES = r"""
     mappings:
       - {host_port: 8080, container_port: 80}
 
-- name: Withdraw it
+- name: DNS over UDP on one host address only, in the iptables chains Go's portmap uses
+  cnikit.cni.portmap:
+    network: dns
+    container_id: dns1
+    container_ip: [10.88.0.6]
+    backend: iptables
+    mappings:
+      - {host_port: 53, container_port: 53, protocol: udp, host_ip: 192.0.2.10}
+
+- name: Withdraw a pod's mappings when it goes (the same keys as when they were published)
   cnikit.cni.portmap:
     network: web
-    container_id: web1
-    container_ip: [10.88.0.5]
-    mappings:
-      - {host_port: 8080, container_port: 80}
+    container_id: "{{ pod_id }}"
+    container_ip: "{{ pod_ips }}"
+    mappings: "{{ pod_ports }}"
     state: absent
 """
 
@@ -122,7 +122,7 @@ state:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 
 def main() -> None:

@@ -17,74 +17,23 @@ description:
   - O(state=absent) deletes the pair by this end, or by the peer when given and this end is missing
     (deleting one end deletes both).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
   - cnikit.cni.link
-requirements:
-  - pyroute2 >= 0.9.5
-  - root on the target
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+  - cnikit.cni.link.peer
 options:
   name:
     description: Name of this end (at most 15 characters).
-    type: str
-    required: true
   bridge:
     description: Make this end a port of this bridge (in the same namespace; it must exist).
     type: str
   peer:
-    description: The other end, with the same properties as this one. Required with O(state=present).
+    description:
+      - The other end, with the same options as this one (the peer's C(name) is required).
+      - Required with O(state=present).
     type: dict
-    suboptions:
-      name:
-        description: Name of the peer end.
-        type: str
-        required: true
-      netns:
-        description: Namespace of the peer end.
-        type: str
-      mtu:
-        description: MTU of the peer end.
-        type: int
-      mac:
-        description: MAC address of the peer end.
-        type: str
-      addresses:
-        description: Addresses of the peer end (exclusive).
-        type: list
-        elements: str
-      routes:
-        description: Routes through the peer end, added when missing.
-        type: list
-        elements: dict
-        suboptions:
-          dst:
-            description: Destination network, or V(default).
-            type: str
-            required: true
-          gw:
-            description: Gateway.
-            type: str
-          metric:
-            description: Route metric.
-            type: int
-      bridge:
-        description: Make the peer end a port of this bridge.
-        type: str
-      up:
-        description: Whether the peer end is up.
-        type: bool
-        default: true
   state:
     description: Whether the pair should exist.
-    type: str
-    choices: [present, absent]
-    default: present
 """
 
 EXAMPLES = r"""
@@ -117,7 +66,7 @@ state:
 """
 
 from ansible_collections.cnikit.cni.plugins.module_utils.ansible_cni import LINK_OPTIONS, STATE_OPTION, CNIModule
-from ansible_collections.cnikit.cni.plugins.module_utils.cni import netstate
+from ansible_collections.cnikit.cni.plugins.module_utils.cni.state import netstate
 
 END = dict(bridge=dict(type="str"), **LINK_OPTIONS)
 

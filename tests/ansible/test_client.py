@@ -6,7 +6,7 @@ import os
 
 from ansible_harness import ROOT
 
-from cni import registry
+from cni.protocol import registry
 
 
 def test_shipped_plugins_are_exactly_the_registry():
@@ -16,6 +16,6 @@ def test_shipped_plugins_are_exactly_the_registry():
     path = os.path.join(ROOT, "plugins", "module_utils", "ansible_cni.py")
     fn = next(n for n in ast.parse(open(path, encoding="utf-8").read()).body
               if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
-    shipped = {f"{node.module.rsplit('.', 1)[1]}.{alias.name}" for node in ast.walk(fn)
+    shipped = {f"{node.module.split('.module_utils.cni.', 1)[1]}.{alias.name}" for node in ast.walk(fn)
                if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert shipped == {module for module, _cls in registry.PLUGINS.values()}

@@ -3,12 +3,16 @@ Regenerate with: .venv/bin/python tests/ansible/test_docs.py"""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
 import os
 import re
+import subprocess
 import sys
 from typing import Any, Dict, List
 
 import yaml
+from ansible.utils.plugin_docs import merge_fragment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULES = os.path.join(ROOT, "plugins", "modules")
@@ -17,7 +21,7 @@ DOC = os.path.join(ROOT, "docs", "modules.md")
 
 INTRO = """\
 Every module is a thin client (`plugins/module_utils/ansible_cni.py`) over one engine call in
-`plugins/module_utils/cni/netstate.py`, which reads the kernel (or the runtime's cache, or the file),
+`plugins/module_utils/cni/state/netstate.py`, which reads the kernel (or the runtime's cache, or the file),
 compares, changes only the difference and returns the state before and after. So, for all of them:
 
 - `changed` is true only when something changed; in check mode the same comparison runs without the
@@ -55,18 +59,33 @@ def _strings(path: str) -> Dict[str, str]:
             and n.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN") and isinstance(n.value, ast.Constant)}
 
 
-def _fragment_options(doc: Dict[str, Any]) -> Dict[str, Any]:
-    """The options the module's own doc fragments (cnikit.cni.<name>) add, as ansible-doc merges them."""
-    opts: Dict[str, Any] = {}
-    for frag in doc.get("extends_documentation_fragment") or []:
-        if frag.startswith("cnikit.cni."):
-            path = os.path.join(ROOT, "plugins", "doc_fragments", frag.split(".")[-1] + ".py")
-            tree = ast.parse(open(path, encoding="utf-8").read())
-            cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModuleDocFragment")
-            text = next(n.value.value for n in cls.body
-                        if isinstance(n, ast.Assign) and n.targets[0].id == "DOCUMENTATION")
-            opts.update(yaml.safe_load(text).get("options") or {})
-    return opts
+def _fragment(slug: str) -> Dict[str, Any]:
+    """One of the collection's doc fragments, `cnikit.cni.<file>` or a variant `cnikit.cni.<file>.<var>`,
+    loaded (imported, as Ansible's loader does: a variant may be built in code) and parsed."""
+    name, *variant = slug.removeprefix("cnikit.cni.").split(".", 1)
+    path = os.path.join(ROOT, "plugins", "doc_fragments", name + ".py")
+    spec = importlib.util.spec_from_file_location(f"_doc_fragment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return yaml.safe_load(getattr(module.ModuleDocFragment, (variant or ["DOCUMENTATION"])[0].upper()))
+
+
+def _with_fragments(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The module's DOCUMENTATION as ansible-doc shows it: its fragments merged in the order and the
+    way of ansible.utils.plugin_docs.add_fragments (notes appended, options/attributes merged key by
+    key with the module's own keys winning, lists such as requirements joined and sorted)."""
+    doc = dict(doc)
+    for slug in doc.pop("extends_documentation_fragment", None) or []:
+        fragment = _fragment(slug)
+        doc["notes"] = (doc.get("notes") or []) + (fragment.pop("notes", None) or [])
+        for key in ("options", "attributes"):
+            if key in fragment:
+                if key in doc:
+                    merge_fragment(doc[key], fragment.pop(key))
+                else:
+                    doc[key] = fragment.pop(key)
+        merge_fragment(doc, fragment)
+    return doc
 
 
 def _options(opts: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -98,15 +117,15 @@ def render() -> str:
     out += [f"- [`cnikit.cni.{n}`](#cnikitcni{n.replace('_', '')})" for n in names] + [""]
     for name in names:
         s = _strings(os.path.join(MODULES, name + ".py"))
-        doc = yaml.safe_load(s["DOCUMENTATION"])
+        doc = _with_fragments(yaml.safe_load(s["DOCUMENTATION"]))
         out += [f"## cnikit.cni.{name}", "", f"**{_plain(doc['short_description'])}**", ""]
         out += [f"- {_plain(d)}" for d in doc.get("description", [])] + [""]
         if doc.get("requirements"):
             out += ["Requirements: " + "; ".join(_plain(r) for r in doc["requirements"]), ""]
         attrs = doc.get("attributes") or {}
         if attrs:
-            out += ["Attributes: " + ", ".join(f"{k} **{v.get('support')}**" for k, v in attrs.items()), ""]
-        options = dict(sorted({**_fragment_options(doc), **(doc.get("options") or {})}.items()))
+            out += ["Attributes: " + ", ".join(f"{k} **{v.get('support')}**" for k, v in sorted(attrs.items())), ""]
+        options = dict(sorted((doc.get("options") or {}).items()))
         out += ["| Option | Type | | Description |", "|---|---|---|---|"] + _options(options) + [""]
         if doc.get("notes"):
             out += ["Notes:", ""] + [f"- {_plain(n)}" for n in doc["notes"]] + [""]
@@ -120,6 +139,35 @@ def render() -> str:
                 out.append(f"| `{key}` | {r.get('type', '')} | {_plain(r.get('returned', ''))} | {desc} |")
             out.append("")
     return "\n".join(out)
+
+
+def test_fragments_merge_as_ansible_doc_shows_them(tmp_path):
+    """The merge above is what ansible-doc itself makes of each module's fragments (variants too)."""
+    root = tmp_path / "ansible_collections" / "cnikit"
+    root.mkdir(parents=True)
+    (root / "cni").symlink_to(ROOT)
+    names = sorted(f[:-3] for f in os.listdir(MODULES) if f.endswith(".py") and not f.startswith("_"))
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-doc"), "--json",
+                           *[f"cnikit.cni.{n}" for n in names]], capture_output=True, text=True, check=False,
+                          cwd=tmp_path, timeout=300, env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(tmp_path),
+                                                          "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    for name in names:
+        ours = _with_fragments(yaml.safe_load(_strings(os.path.join(MODULES, name + ".py"))["DOCUMENTATION"]))
+        doc = shown[f"cnikit.cni.{name}"]["doc"]
+        for key in ("options", "attributes", "requirements", "notes"):
+            assert _bare(doc.get(key)) == (ours.get(key) or None), (name, key)
+        assert doc["author"] == ours["author"], name
+
+
+def _bare(value: Any) -> Any:
+    """ansible-doc's output without the keys it adds (which collection a version belongs to)."""
+    if isinstance(value, dict):
+        return {k: _bare(v) for k, v in value.items() if k != "version_added_collection"}
+    if isinstance(value, list):
+        return [_bare(v) for v in value]
+    return value
 
 
 def test_modules_doc_is_current():

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from cni import netstate as ns
-from cni.spec import CNIError
+from cni.state import netstate as ns
+from cni.protocol.spec import CNIError
 
 
 def _links(netns: str = "") -> list:

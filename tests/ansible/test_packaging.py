@@ -91,7 +91,7 @@ def test_galaxy_build_install_and_run(collection_copy, tmp_path, sandbox):
 CONTENT = ["plugins/", "roles/", "playbooks/", "meta/", "changelogs/", "examples/", "galaxy.yml",
            "tests/ansible/", "tests/sanity/"]
 STYLED = ["plugins/modules/", "plugins/doc_fragments/", "plugins/connection/", "plugins/module_utils/ansible_cni.py",
-          "plugins/module_utils/cni/netstate.py", "roles/", "playbooks/", "examples/", "tests/ansible/", "tests/sanity/"]
+          "plugins/module_utils/cni/state/netstate.py", "roles/", "playbooks/", "examples/", "tests/ansible/", "tests/sanity/"]
 
 
 def _sanity(collection_dir, *args):

@@ -14,7 +14,7 @@ import urllib.request
 from typing import Dict, List, Optional
 
 import cnitest
-from cni.main import write_executables
+from cni.node.installer import write_executables
 
 BUSYBOX = "/bin/busybox"
 PAGE = "hello from busybox httpd on cnikit\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
-from cni import skel
+from cni.protocol import skel
 from cni.ipam.cluster import ClusterIpam
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cni import spec
+from cni.protocol import spec
 from cni.cluster import client as ec
 from cni.cluster.client import Client, EtcdConfig
 

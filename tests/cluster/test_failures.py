@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cni import spec
+from cni.protocol import spec
 from cni.cluster.client import Client
 from conftest import make_cluster
 from ipamutil import call, ips_of, netconf

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from cni import registry, spec
+from cni.protocol import registry, spec
 from cni.cluster.client import cmp_absent, op_put
 from ipamutil import call, ips_of, netconf
 
@@ -139,7 +139,7 @@ def test_reclaim_command_releases_a_gone_node(client, tmp_path):
     conffile = tmp_path / "net.conflist"
     plugin = netconf(client.conf, "ignored", data_dir=str(tmp_path))
     conffile.write_text(json.dumps({"cniVersion": "1.0.0", "name": "podnet", "plugins": [plugin]}))
-    cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from cni.main import main; "
+    cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from cni.node.main import main; "
            "sys.exit(main(['cnikit'] + sys.argv[2:]))", os.path.join(ROOT, "plugins", "module_utils")]
     out = subprocess.run(cmd + ["cluster-ipam", "reclaim", "--conf", str(conffile), "--node", "gone"],
                          capture_output=True, text=True, timeout=60)

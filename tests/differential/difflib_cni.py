@@ -89,9 +89,10 @@ class World:
         if isinstance(payload, str):
             payload = payload.encode()
         if self.inproc:
-            from cni import link, registry, skel  # noqa: PLC0415
+            from cni.net import ns  # noqa: PLC0415
+            from cni.protocol import registry, skel  # noqa: PLC0415
 
-            with link.in_netns(f"/run/netns/{self.host}"):
+            with ns.in_netns(f"/run/netns/{self.host}"):
                 rc, out, err = skel.execute(lambda: registry.load(plugin)(), full, payload)
             return cnitest.Outcome(rc, out, err)
         argv = ["ip", "netns", "exec", self.host, os.path.join(self.bindir, plugin)]

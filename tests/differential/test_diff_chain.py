@@ -31,7 +31,7 @@ DRIVER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from cni import runtime
-from cni.spec import CNIError
+from cni.protocol.spec import CNIError
 req = json.load(sys.stdin)
 rt = runtime.Runtime(cni_path=[req["bindir"]], cache_dir=req["cache"], environ={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 net = rt.network_from_dict(req["conf"])

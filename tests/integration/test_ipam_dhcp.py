@@ -211,15 +211,24 @@ def test_gc_releases_unlisted_leases_and_status(lab, netns_factory):
     assert run(lab, "ADD", c, cid="drop", netns=f"/run/netns/{other}").rc == 0
     assert len(lab.leased()) == 2
     assert cnitest.run("dhcp", "STATUS", c).rc == 0
-    c["cni.dev/valid-attachments"] = [{"containerID": "keep", "ifname": "eth0"}]
-    out = cnitest.run("dhcp", "GC", c)
-    assert (out.rc, out.stdout) == (0, "")
-    deadline = time.time() + 5
-    while len(lab.leased()) != 1 and time.time() < deadline:
-        time.sleep(0.05)
+
+    def gc_until(count, **keep):
+        out = cnitest.run("dhcp", "GC", dict(c, **keep))
+        assert (out.rc, out.stdout) == (0, "")
+        deadline = time.time() + 5
+        while len(lab.leased()) != count and time.time() < deadline:
+            time.sleep(0.05)
+        return out
+
+    out = gc_until(1)  # no list (what cnitool sends): nothing released, stderr says why
+    assert "nothing collected" in out.stderr and len(lab.leased()) == 2
+    assert sorted(os.listdir("/run/cni/dhcp/dnet")) == ["drop:eth0.json", "keep:eth0.json"]
+    gc_until(1, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
     assert list(lab.leased().values()) == [client_id_hex("keep")]
     assert sorted(os.listdir("/run/cni/dhcp/dnet")) == ["keep:eth0.json"]
-    assert run(lab, "DEL", c, cid="keep").rc == 0
+    gc_until(0, **{"cni.dev/valid-attachments": []})  # explicit empty: nothing is valid
+    assert lab.leased() == {} and os.listdir("/run/cni/dhcp/dnet") == []
+    assert run(lab, "DEL", c, cid="keep").rc == 0  # DEL after GC is still clean
 
 
 def test_macvlan_with_dhcp_end_to_end(lab):

@@ -1,4 +1,4 @@
-"""link.Rtnl, the plain-socket rtnetlink transport of the link plugins: every request it sends is
+"""rtnl.Rtnl, the plain-socket rtnetlink transport of the link plugins: every request it sends is
 byte-for-byte the one pyroute2's IPRoute sends for the same call (only sequence number and port id
 differ), its replies decode to the same messages, and kernel refusals surface as IPRoute's do."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cnitest  # noqa: E402
-from cni import link  # noqa: E402
+from cni.net import link, ns  # noqa: E402
+from cni.net import rtnl as rtnl_mod  # noqa: E402 - tests name their Rtnl sockets `rtnl`
 
 
 def strip_header(data: bytes) -> bytes:
@@ -24,7 +25,7 @@ def sent(monkeypatch):
     from pyroute2.netlink.core import AsyncCoreSocket
 
     out = {"iproute": [], "rtnl": []}
-    for cls, key in ((AsyncCoreSocket, "iproute"), (link.Rtnl, "rtnl")):
+    for cls, key in ((AsyncCoreSocket, "iproute"), (rtnl_mod.Rtnl, "rtnl")):
         original = cls.send
 
         def send(self, data, *flags, _original=original, _key=key):
@@ -45,7 +46,7 @@ def both(ipr, rtnl, sent, call):
             # IPRoute also returns the bare ACK of a change; Rtnl returns data replies only
             outcomes.append([m for m in call(sock) if m["header"]["type"] != 2])
         except Exception as exc:  # noqa: BLE001 - compared below
-            code = link.netlink_error_code(exc)
+            code = rtnl_mod.netlink_error_code(exc)
             assert code is not None, exc
             outcomes.append(code)
         assert len(sent[key]) == 1, (key, len(sent[key]))
@@ -62,9 +63,9 @@ def test_requests_and_replies_match_iproute(netns_factory, sent):
     """The requests the link plugins make, on a bridge, a veth pair into a second netns, addresses
     and routes: same bytes out, same state changes, same replies (dumps) and refusals."""
     node, other = netns_factory(), netns_factory()
-    with link.in_netns(f"/run/netns/{node}"):
-        ipr, rtnl = link.iproute(), link.Rtnl()
-    fd = link.open_netns(f"/run/netns/{other}")
+    with ns.in_netns(f"/run/netns/{node}"):
+        ipr, rtnl = rtnl_mod.iproute(), rtnl_mod.Rtnl()
+    fd = ns.open_netns(f"/run/netns/{other}")
     try:
         # created by IPRoute, then refused (EEXIST) to Rtnl: the same create request
         br = both(ipr, rtnl, sent, lambda s: s.link("add", ifname="br0", kind="bridge"))
@@ -111,11 +112,11 @@ def test_requests_and_replies_match_iproute(netns_factory, sent):
 
 def test_refusal_leaves_no_reply_for_the_next_request(netns):
     """A refused request's error is consumed with it: the next request gets its own reply."""
-    with link.in_netns(f"/run/netns/{netns}"):
-        with link.rtnl() as rtnl:
+    with ns.in_netns(f"/run/netns/{netns}"):
+        with rtnl_mod.rtnl() as rtnl:
             with pytest.raises(Exception) as err:
                 rtnl.link("set", index=9999, state="up")
-            assert link.netlink_error_code(err.value) == 19
+            assert rtnl_mod.netlink_error_code(err.value) == 19
             assert link.get_link(rtnl, "lo")["index"] == 1
             assert link.delete_link(rtnl, "nope", addrs=False) is None
             assert link.delete_link(rtnl, "nope") is None
@@ -173,7 +174,7 @@ def test_macvlan_check_reads_the_mode(netns, tmp_path):
 
 
 def test_remove_link_returns_with_the_link_and_its_state_gone(netns_factory):
-    """link.remove_link answers at the kernel's RTM_DELLINK notification, before the request's ACK
+    """link.del_link_and_wait answers at the kernel's RTM_DELLINK notification, before the request's ACK
     (which waits for rcu_barrier): by then nothing in either namespace may still show the link —
     not the name, not its addresses or routes, not the veth's host end, not the bridge port — and
     the name can be taken again at once."""
@@ -182,8 +183,8 @@ def test_remove_link_returns_with_the_link_and_its_state_gone(netns_factory):
                f"&& ip -n {host} link add h0 type veth peer name eth0 netns {cont} "
                f"&& ip -n {host} link set h0 master br9 up && ip -n {cont} link set eth0 up "
                f"&& ip -n {cont} addr add 10.9.0.2/24 dev eth0 && ip -n {cont} route add 10.77.0.0/16 via 10.9.0.1")
-    with link.in_netns(f"/run/netns/{cont}"):
-        link.remove_link("eth0")
+    with ns.in_netns(f"/run/netns/{cont}"):
+        link.del_link_and_wait("eth0")
     assert [i["ifname"] for i in cnitest.ip_json("link show", cont)] == ["lo"]
     assert "10.9.0.2" not in cnitest.sh(f"ip -n {cont} addr show")
     assert cnitest.sh(f"ip -n {cont} route show").strip() == ""
@@ -196,13 +197,13 @@ def test_remove_link_returns_with_the_link_and_its_state_gone(netns_factory):
 def test_remove_link_raises_the_request_error(netns):
     """A refused delete is the request's own error (the plugins map ENODEV to "already gone"), and
     a name that is not there answers at once, with no notification to wait for."""
-    with link.in_netns(f"/run/netns/{netns}"):
+    with ns.in_netns(f"/run/netns/{netns}"):
         with pytest.raises(Exception) as err:
-            link.remove_link("nope")
-        assert link.is_enodev(err.value)
+            link.del_link_and_wait("nope")
+        assert rtnl_mod.is_enodev(err.value)
         with pytest.raises(Exception) as err:
-            link.remove_link("lo")  # the loopback cannot be deleted
-        assert link.netlink_error_code(err.value) is not None and not link.is_enodev(err.value)
+            link.del_link_and_wait("lo")  # the loopback cannot be deleted
+        assert rtnl_mod.netlink_error_code(err.value) is not None and not rtnl_mod.is_enodev(err.value)
     assert [i["ifname"] for i in cnitest.ip_json("link show", netns)] == ["lo"]
 
 
@@ -215,7 +216,7 @@ def test_remove_link_answers_before_the_ack(netns):
     early = 0
     for i in range(10):
         cnitest.sh(f"ip -n {netns} link add v{i} type veth peer name w{i}")
-        with link.in_netns(f"/run/netns/{netns}"):
-            link.remove_link(f"v{i}")
+        with ns.in_netns(f"/run/netns/{netns}"):
+            link.del_link_and_wait(f"v{i}")
         early += any(t.name == f"cnikit-dellink-v{i}" for t in threading.enumerate())
     assert early >= 5, early

@@ -68,7 +68,7 @@ def test_runtime_config_and_check_detects_a_changed_rate(pod):
 
 def test_failed_egress_undoes_the_ingress_qdisc(pod):
     conf = mu.chained(pod, {"type": "bandwidth", **LIMITS})
-    from cni.plugins.bandwidth import ifb_name  # noqa: PLC0415
+    from cni.plugins.meta.bandwidth import ifb_name  # noqa: PLC0415
     cnitest.sh(f"ip link add {ifb_name(pod.network, pod.cid)} type veth peer name squat0")  # name taken
     try:
         out = mu.run_chain("bandwidth", "ADD", pod, conf)

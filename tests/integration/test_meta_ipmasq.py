@@ -7,7 +7,7 @@ import pytest
 import cnitest
 import metautil as mu
 from cni import netfilter
-from cni.spec import CNIError
+from cni.protocol.spec import CNIError
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ import pytest
 
 import cnitest
 import metautil as mu
-from cni import link, netfilter
+from cni import netfilter
+from cni.net import ns
 from cni.netfilter import nft
-from cni.plugins import firewall, portmap
-from cni.spec import CNIError
+from cni.plugins.meta import firewall, portmap
+from cni.protocol.spec import CNIError
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_one_context_per_thread_and_network_namespace(clean, netns):
 
     def worker():
         seen["own"] = nft._context()
-        with link.in_netns(f"/run/netns/{netns}"):
+        with ns.in_netns(f"/run/netns/{netns}"):
             seen["inner"] = nft._context()
             nft.run(["add table inet cnikit_probe"])  # lands in the namespace the thread is in
 

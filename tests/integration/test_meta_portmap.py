@@ -188,14 +188,19 @@ def test_gc_removes_only_invalid_containers_of_this_network(pod, netns_factory, 
         port = 9001 + n
         out = mu.run_chain("portmap", "ADD", other, pm(other, backend, mappings=[{**TCP80, "hostPort": port}]))
         assert out.rc == 0, out.stdout
-    conf = {"cniVersion": "1.1.0", "name": pod.network, "type": "portmap",
-            "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
-    if backend:
-        conf["backend"] = backend
-    out = cnitest.run("portmap", "GC", conf, cid="", ifname="")
-    assert out.rc == 0, out.stdout + out.stderr
-    state = mu.nft_ruleset() + mu.iptables_save()
-    assert "9001" in state and "9003" in state and "9002" not in state
+    conf = {"cniVersion": "1.1.0", "name": pod.network, "type": "portmap", "backend": backend}
+
+    def gc(**keep):
+        out = cnitest.run("portmap", "GC", dict(conf, **keep), cid="", ifname="")
+        assert (out.rc, out.stdout) == (0, ""), out.stdout + out.stderr
+        state = mu.nft_ruleset() + mu.iptables_save()
+        return out, [port for port in ("9001", "9002", "9003") if port in state]
+
+    for keep in ({}, {"cni.dev/valid-attachments": None}, {"cni.dev/attachments": {"containerID": "keep"}}):
+        out, ports = gc(**keep)  # no usable list (cnitool sends none): nothing collected, stderr says why
+        assert "nothing collected" in out.stderr and ports == ["9001", "9002", "9003"]
+    assert gc(**{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})[1] == ["9001", "9003"]
+    assert gc(**{"cni.dev/valid-attachments": []})[1] == ["9003"]  # explicit empty: all of this network's go
 
 
 def test_dual_stack_pod_ipv6_mapping_traffic(netns):

@@ -178,7 +178,7 @@ def test_host_device_kernelpath(netns_factory):
 def test_host_device_pci(netns, hostdev, tmp_path, monkeypatch, driver, moved):
     """pciBusID / runtimeConfig.deviceID against a stand-in /sys/bus/pci/devices (no PCI NICs here):
     a kernel driver's device is moved via its virtio*/net dir; a userspace (DPDK) one is left alone."""
-    from cni.plugins import host_device
+    from cni.plugins.main import host_device
 
     pci = tmp_path / "pci"
     (pci / "0000:00:05.0" / "virtio3" / "net" / "hd0").mkdir(parents=True)

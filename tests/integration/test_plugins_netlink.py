@@ -17,13 +17,13 @@ NLM_F_CREATE = 0x400
 
 
 def capture_sends(monkeypatch):
-    """Record every netlink request the engine sends, on both of its sockets (link.Rtnl and
+    """Record every netlink request the engine sends, on both of its sockets (rtnl.Rtnl and
     pyroute2's IPRoute); returns the list the raw requests are appended to."""
-    from cni import link
+    from cni.net import rtnl
     from pyroute2.netlink.core import AsyncCoreSocket
 
     sent = []
-    for cls in (AsyncCoreSocket, link.Rtnl):
+    for cls in (AsyncCoreSocket, rtnl.Rtnl):
         original = cls.send
 
         def send(self, data, *flags, _original=original):

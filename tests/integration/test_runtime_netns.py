@@ -10,7 +10,7 @@ import pytest
 
 import cnitest
 from cni import runtime
-from cni.spec import CNIError
+from cni.protocol.spec import CNIError
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 SUBNET = "10.7.0"
@@ -75,7 +75,7 @@ def test_cli_lifecycle_on_our_plugins(master, netns, tmp_path):
         assert "eth0" not in links(netns) and leases(tmp_path / "data") == []
         assert os.listdir(tmp_path / "cache" / "results") == []
     assert cnikit("check").returncode == 1  # nothing attached any more
-    # `net gc` (cnitool's: no valid attachments) removes what `add` made
+    # `net gc` (an explicit empty list, where cnitool sends none) removes what `add` made
     assert cnikit("add").returncode == 0 and "eth0" in links(netns)
     gc = cnikit("gc")
     assert gc.returncode == 0, gc.stderr
@@ -178,3 +178,50 @@ def test_gc_verb_reaches_ipam_for_leases_without_cache(master, netns, tmp_path):
         assert fh.read() == b"kept1\r\neth1"
     rt.delete(net, runtime.RuntimeConf(container_id="kept1", netns=f"/run/netns/{netns}", ifname="eth1"))
     assert leases(tmp_path / "data") == []
+
+
+def cnitool_gc(rt, net):
+    """Upstream cnitool's `gc` (libcni GCNetworkList without GCArgs): DEL every attachment of the
+    network in its *own* cache, then GC each plugin with a config that has no valid-attachments."""
+    for att in rt.cached_attachments():
+        if att["networkName"] == net.name:
+            rt.delete(net, runtime.RuntimeConf(container_id=att["containerId"], netns=runtime.cached_netns(att),
+                                               ifname=att["ifName"], capability_args=att.get("capabilityArgs")))
+    for plugin in net.plugins:
+        conf = dict(plugin, name=net.name, cniVersion=net.cni_version)
+        out = cnitest.exec_plugin(os.path.join(cnitest.OUR_BIN, plugin["type"]),
+                                  cnitest.cni_env("GC", cid="", ifname=""), conf)
+        assert (out.rc, out.stdout) == (0, "") and "nothing collected" in out.stderr, out
+
+
+def test_cnitool_gc_leaves_another_runtimes_attachment(netns_factory, tmp_path):
+    """Two runtimes (own caches) share one network name and data dir (issue 19): one of them GCs
+    like cnitool. Its own attachment goes (by DEL); the other's lease, masquerade and port mapping
+    stay, and the other runtime can still CHECK and DEL it."""
+    from cni import netfilter  # noqa: PLC0415
+
+    conf = {"cniVersion": "1.1.0", "name": "sharednet", "plugins": [
+        {"type": "bridge", "bridge": f"gcb{os.getpid() % 10000}", "isGateway": True, "ipMasq": True,
+         "ipam": {"type": "host-local", "subnet": "10.8.0.0/24", "dataDir": str(tmp_path / "data")}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    runtimes = {name: runtime.Runtime(conf_dir=str(tmp_path), cni_path=[cnitest.OUR_BIN],
+                                      cache_dir=str(tmp_path / name), environ=ENV) for name in ("cnitool", "podman")}
+    net = runtime.network_from_dict(conf)
+    atts, ips = {}, {}
+    for port, (name, rt) in enumerate(runtimes.items(), 8081):
+        atts[name] = runtime.RuntimeConf(container_id=f"{name}1", netns=f"/run/netns/{netns_factory(name[:2])}",
+                                         capability_args={"portMappings": [
+                                             {"hostPort": port, "containerPort": 80, "protocol": "tcp"}]})
+        ips[name] = [ip["address"] for ip in rt.add(net, atts[name])["ips"]]
+
+    def state():
+        rules = cnitest.sh("nft list ruleset")
+        return (leases(tmp_path / "data", "sharednet"), [port for port in ("8081", "8082") if port in rules])
+
+    assert state() == (sorted(ip[0].split("/")[0] for ip in ips.values()), ["8081", "8082"])
+    cnitool_gc(runtimes["cnitool"], net)
+    assert state() == ([ips["podman"][0].split("/")[0]], ["8082"])
+    netfilter.check_ipmasq("sharednet", "podman1", ips["podman"])
+    runtimes["podman"].check(net, atts["podman"])
+    runtimes["podman"].delete(net, atts["podman"])
+    assert state() == ([], [])

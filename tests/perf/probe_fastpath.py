@@ -4,9 +4,9 @@
 
 Not a test (it asserts nothing about speed): it prints medians, every variant interleaved round by
 round so that the machine's noise hits them alike.
-  - VERSION exec: the compiled shim, the dash launcher, a Go plugin, /bin/true;
+  - VERSION exec: the compiled relay, the dash launcher, a Go plugin, /bin/true;
   - host-local ADD / DEL (little work: the exec path dominates) and macvlan + host-local ADD / DEL,
-    each through the compiled shim, the dash launcher + shim.py, a raw socket from this process (no
+    each through the compiled relay, the dash launcher + relay.py, a raw socket from this process (no
     exec at all) to the agent, and the Go plugin;
   - inside the agent: the whole request (accept -> reply sent) against `run()` (skel.execute), with
     the long-lived workers and, on a second agent, with a thread started per connection (as before).
@@ -33,7 +33,7 @@ GO = "/usr/lib/cni"
 AGENT = """
 import sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from cni import agent
+from cni.node import agent
 log = open(sys.argv[3], "a", buffering=1)
 run, handle = agent.run, agent.handle
 def timed_run(name, env, stdin):
@@ -101,7 +101,7 @@ def main() -> int:
     if os.environ.get("CNIKIT_SANDBOX") != "1":
         raise SystemExit("run it inside tools/sandbox.sh")
     sys.path.insert(0, LIB)
-    from cni.main import write_executables  # noqa: PLC0415
+    from cni.node.installer import write_executables  # noqa: PLC0415
 
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)

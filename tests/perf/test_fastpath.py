@@ -1,7 +1,7 @@
 """The fast path: plugin executable -> node agent, against the in-process engine.
 
-Two kinds of executable (main.write_executables): the compiled shim (shim.c, hard-linked under every
-plugin name) and, without a C compiler, the dash launcher running shim.py.
+Two kinds of executable (installer.write_executables): the compiled exec relay (relay.c, hard-linked under
+every plugin name) and, without a C compiler, the dash launcher running relay.py.
 
 - every door (either kind through the agent, either kind with no agent, skel in-process) gives
   byte-identical stdout and the same exit codes, for results and for errors;
@@ -33,9 +33,11 @@ import pytest
 import cnitest
 
 sys.path.insert(0, cnitest.LIB)
-from cni import agent as agent_mod  # noqa: E402
-from cni import main as cni_main  # noqa: E402
-from cni import runtime, shim, skel  # noqa: E402
+from cni.node import agent as agent_mod  # noqa: E402
+from cni.node import installer  # noqa: E402
+from cni.protocol import invoke  # noqa: E402
+from cni.node import relay  # noqa: E402
+from cni.protocol import skel  # noqa: E402
 
 PY = os.path.join(cnitest.ROOT, ".venv", "bin", "python3")
 NO_PYTHON = "/nonexistent/python3"
@@ -53,7 +55,7 @@ class Agent:
     def __init__(self, sock: str, env: dict | None = None) -> None:
         self.sock = sock
         self.proc = subprocess.Popen([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                                      "from cni.main import main; sys.exit(main(sys.argv[2:]))",
+                                      "from cni.node.main import main; sys.exit(main(sys.argv[2:]))",
                                       cnitest.LIB, "cnikit", "agent", "--socket", sock],
                                      env=dict(os.environ, **(env or {})), stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
@@ -90,10 +92,10 @@ def agent_factory(work):
 
 def bindir(work: str, name: str, python: str, sock: str, plugins=("host-local", "bridge"), kind="compiled") -> str:
     if kind == "compiled" and shutil.which((shlex.split(os.environ.get("CC", "cc")) or ["cc"])[0]) is None:
-        pytest.skip("no C compiler (cc) on this machine: the compiled shim cannot be built")
+        pytest.skip("no C compiler (cc) on this machine: the compiled relay cannot be built")
     dest = os.path.join(work, f"{name}-{kind}")
-    cni_main.write_executables(dest, python, cnitest.LIB, list(plugins), socket=sock,
-                               cc=None if kind == "compiled" else "")
+    installer.write_executables(dest, python, cnitest.LIB, list(plugins), socket=sock,
+                                cc=None if kind == "compiled" else "")
     with open(os.path.join(dest, plugins[0]), "rb") as fh:  # the kind under test is the kind written
         assert fh.read(4) == (b"\x7fELF" if kind == "compiled" else b"#!/b")
     return dest
@@ -172,8 +174,8 @@ def test_version_is_answered_by_the_executable_byte_for_byte(work, kind):
     for name in ("host-local", "bridge"):
         out = cnitest.exec_plugin(os.path.join(bdir, name), {"CNI_COMMAND": "VERSION"}, b"")
         assert (out.rc, out.stdout, out.stderr) == expected  # no Python at all was needed
-        assert runtime.is_our_launcher(os.path.join(bdir, name))  # the runtime runs these in-process
-    assert not runtime.is_our_launcher("/usr/lib/cni/host-local")  # a Go ELF is exec'd
+        assert invoke.is_our_launcher(os.path.join(bdir, name))  # the runtime runs these in-process
+    assert not invoke.is_our_launcher("/usr/lib/cni/host-local")  # a Go ELF is exec'd
 
 
 def test_compiled_plugins_are_one_binary(work):
@@ -185,7 +187,7 @@ def test_compiled_plugins_are_one_binary(work):
         assert fh.read(2) == b"#!"  # the CLI stays a Python launcher
 
 
-def test_compiled_shim_without_its_engine_prints_a_cni_error(work):
+def test_compiled_relay_without_its_engine_prints_a_cni_error(work):
     """No agent and the engine interpreter gone (a broken install): a CNI error on stdout, not a crash."""
     out = exec_in(bindir(work, "broken", NO_PYTHON, os.path.join(work, "absent.sock")), "ADD",
                   hl_conf(os.path.join(work, "data")), cid="b1")
@@ -198,7 +200,7 @@ def test_compiled_shim_without_its_engine_prints_a_cni_error(work):
 def test_without_a_working_compiler_the_launchers_are_scripts(work, env):
     dest = os.path.join(work, "nocc")
     sock = os.path.join(work, "absent.sock")
-    proc = subprocess.run([PY, "-I", "-c", shim.ENGINE, cnitest.LIB, "cnikit", "install-plugins", dest, "--python", PY,
+    proc = subprocess.run([PY, "-I", "-c", relay.ENGINE, cnitest.LIB, "cnikit", "install-plugins", dest, "--python", PY,
                            "--agent-socket", sock], env=dict(os.environ, **env), capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ import subprocess
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import cnitest
-from cni import registry
+from cni.protocol import registry
 
 SPEC_CODES = {1, 2, 3, 4, 5, 6, 7, 8, 11, 50, 51, 999}
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import cnitest
 import relutil
-from cni import registry, skel, spec
+from cni.protocol import registry, skel, spec
 
 # Figures for docs/reliability.md; each test asserts it really ran this many examples.
 # CNIKIT_FUZZ_SCALE multiplies them for a deeper run than CI's (e.g. 20 before a release).

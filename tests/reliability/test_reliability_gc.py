@@ -34,6 +34,11 @@ def test_gc_verb_releases_exactly_the_invalid_leases(sandbox, tmp_path, key):
     for cid in ("keep1", "gone1", "gone2"):
         assert cnitest.run("host-local", "ADD", hl_conf(datadir), cid=cid, netns=FAKE_NETNS).rc == 0
     assert cnitest.run("host-local", "ADD", hl_conf(datadir), cid="keep1", ifname="net1", netns=FAKE_NETNS).rc == 0
+    everyone = owners(datadir)
+    for bad in (None, "keep1", {"containerID": "keep1"}, ["keep1"]):  # no list: nothing collected
+        out = cnitest.run("host-local", "GC", hl_conf(datadir, **{key: bad}), cid="", ifname="", netns="")
+        assert (out.rc, out.stdout) == (0, "") and "nothing collected" in out.stderr, out
+        assert owners(datadir) == everyone
     valid = [{"containerID": "keep1", "ifname": "eth0"}, {"containerID": "keep1", "ifname": "net1"}]
     out = cnitest.run("host-local", "GC", hl_conf(datadir, **{key: valid}), cid="", ifname="", netns="")
     assert (out.rc, out.stdout) == (0, ""), out

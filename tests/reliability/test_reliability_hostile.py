@@ -146,7 +146,7 @@ def test_launchers_never_evaluate_user_data(sandbox, tmp_path):
     """Without a C compiler the executables are /bin/sh launchers: user data reaches them in CNI_*
     variables. Every expansion must be quoted and nothing evaluated: shell payloads in every
     variable run nothing - through those launchers and through the compiled ones (build/bin)."""
-    from cni.main import write_executables  # noqa: PLC0415
+    from cni.node.installer import write_executables  # noqa: PLC0415
 
     scripts = str(tmp_path / "scripts")
     write_executables(scripts, sys.executable, cnitest.LIB, ["bridge", "host-local", "macvlan"],

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "module_utils"))
-from cni import ranges  # noqa: E402
+from cni.state import ranges  # noqa: E402
 
 SEED = dict(subnet="192.168.80.0/24", pool_start="192.168.80.120", size=10, gateway="192.168.80.2")
 NODES = ["k8s-master", "k8s-node01", "k8s-node02"]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cnitest import inproc  # noqa: E402
 
-from cni import skel  # noqa: E402
+from cni.protocol import skel  # noqa: E402
 from cni.ipam import host_local as hl  # noqa: E402
 from cni.ipam.store import Store  # noqa: E402
 
@@ -297,6 +297,10 @@ def test_gc_accepts_the_pre_1_1_key_and_empty_list(tmp_path):
     assert inproc("host-local", "GC", c).rc == 0
     assert set(files(tmp_path)) == {"10.0.0.3", "last_reserved_ip.0"}
     del c["cni.dev/attachments"]
+    out = inproc("host-local", "GC", c)  # no list at all (cnitool): b's lease is not guessed away
+    assert (out.rc, out.stdout) == (0, "") and "nothing collected" in out.stderr
+    assert set(files(tmp_path)) == {"10.0.0.3", "last_reserved_ip.0"}
+    c["cni.dev/valid-attachments"] = []  # an explicit empty list: nothing is valid
     assert inproc("host-local", "GC", c).rc == 0
     assert set(files(tmp_path)) == {"last_reserved_ip.0"}
 

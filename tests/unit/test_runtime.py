@@ -13,9 +13,10 @@ import sys
 import pytest
 
 import cnitest
-from cni import registry, runtime, spec
-from cni.main import write_executables
-from cni.spec import CNIError
+from cni import runtime
+from cni.protocol import registry, spec
+from cni.node.installer import write_executables
+from cni.protocol.spec import CNIError
 
 RECORDER = r"""#!/usr/bin/python3 -IS
 import json, os, sys
@@ -465,7 +466,7 @@ def test_go_json_escapes_like_go():
 def test_cnitool_container_id():
     expected = subprocess.run("printf %s /run/netns/a1 | sha512sum", shell=True, capture_output=True,
                               text=True, check=True).stdout[:20]
-    from cni import cli  # noqa: PLC0415
+    from cni.node import cli  # noqa: PLC0415
 
     assert cli.container_id_for("/run/netns/a1") == "cnitool-" + expected
 

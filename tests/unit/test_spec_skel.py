@@ -6,7 +6,7 @@ import json
 import pytest
 
 import cnitest
-from cni import skel, spec
+from cni.protocol import skel, spec
 
 
 class Dummy:
@@ -175,3 +175,49 @@ def test_unknown_args_rejected_unless_ignore_unknown():
     with pytest.raises(spec.CNIError):
         skel.check_known_args([("FOO", "1")], ("IP",))
     skel.check_known_args([("FOO", "1"), ("IgnoreUnknown", "1")], ("IP",))
+
+
+# --- GC without a keep-list (issue 19): decided once in skel for every plugin --------------
+
+class Collector(Dummy):
+    def __init__(self):
+        self.gcs = []
+
+    def gc(self, ctx, conf):
+        self.gcs.append(spec.valid_attachments(conf))
+
+
+GC_CONF = {"cniVersion": "1.1.0", "name": "net1", "type": "collector"}
+
+
+def gc(conf):
+    plugin = Collector()
+    rc, out, err = skel.execute(lambda: plugin, cnitest.cni_env("GC", cid="", ifname=""), json.dumps(conf).encode())
+    return rc, out, err, plugin.gcs
+
+
+@pytest.mark.parametrize("extra,why", [
+    ({}, "has no cni.dev/valid-attachments list"),
+    ({"cni.dev/valid-attachments": None, "cni.dev/attachments": None}, "has no cni.dev/valid-attachments list"),
+    ({"cni.dev/valid-attachments": "c1"}, "cni.dev/valid-attachments is not a list of objects"),
+    ({"cni.dev/valid-attachments": {"containerID": "c1"}}, "cni.dev/valid-attachments is not a list of objects"),
+    ({"cni.dev/valid-attachments": ["c1"]}, "cni.dev/valid-attachments is not a list of objects"),
+    ({"cni.dev/attachments": 7}, "cni.dev/attachments is not a list of objects"),
+])
+def test_gc_without_a_usable_list_collects_nothing_and_says_why(extra, why):
+    rc, out, err, gcs = gc(dict(GC_CONF, **extra))
+    assert (rc, out, gcs) == (0, "", [])
+    assert err.startswith("collector GC: nothing collected: ") and why in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_gc_with_an_explicit_list_even_empty_reaches_the_plugin(key):
+    assert gc(dict(GC_CONF, **{key: []})) == (0, "", "", [set()])
+    listed = [{"containerID": "c1", "ifname": "eth0"}]
+    assert gc(dict(GC_CONF, **{key: listed})) == (0, "", "", [{("c1", "eth0")}])
+
+
+def test_valid_attachments_never_defaults_to_nothing_valid():
+    """A plugin reaching for the list without skel's gate fails instead of collecting everything."""
+    with pytest.raises(spec.NoKeepList):
+        spec.valid_attachments({"name": "net1"})

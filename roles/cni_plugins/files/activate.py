@@ -20,7 +20,8 @@ import tempfile
 libdir, python, dest, names, exclude = sys.argv[1:6]
 check = "--check" in sys.argv[6:]
 sys.path.insert(0, libdir)
-from cni import main, registry  # noqa: E402
+from cni.node import installer  # noqa: E402
+from cni.protocol import registry  # noqa: E402
 
 wanted = [n for n in (names.split(",") if names else registry.PLUGINS) if n and n not in exclude.split(",")]
 
@@ -35,10 +36,10 @@ def same(a, b):
 
 # what write_executables would write, compared byte for byte with what is there
 with tempfile.TemporaryDirectory() as scratch:
-    main.write_executables(scratch, python, libdir, wanted)
+    installer.write_executables(scratch, python, libdir, wanted)
     stale = [n for n in wanted + ["cnikit"] if not same(os.path.join(scratch, n), os.path.join(dest, n))]
 if stale and not check:
-    main.write_executables(dest, python, libdir, wanted)
+    installer.write_executables(dest, python, libdir, wanted)
 # older versions: no launcher points at them any more (the swap above is atomic per file)
 top, mine = os.path.split(libdir.rstrip("/"))
 pruned = sorted(os.path.join(top, d) for d in os.listdir(top) if d != mine and os.path.isdir(os.path.join(top, d)))

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
-from .. import spec
-from ..spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 
 T = TypeVar("T")
 

@@ -26,8 +26,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import spec
-from ..spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 from .client import Client, Event, KV, cmp_absent, cmp_mod_revision, op_delete, op_get, op_put
 
 DEFAULT_TTL = 24 * 3600  # flannel's

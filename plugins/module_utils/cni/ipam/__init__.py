@@ -1,12 +1,13 @@
-"""IPAM delegation: ours in-process, foreign ones exec'd from CNI_PATH (Go `ipam.ExecAdd`)."""
+"""IPAM delegation: ours in-process, foreign ones exec'd from CNI_PATH (Go `ipam.ExecAdd`), both
+through protocol/invoke.py, the path the runtime takes too."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from typing import Any, Dict, Optional
 
-from .. import invoke, registry, skel, spec
-from ..spec import CNIError
+from ..protocol import invoke, skel, spec
+from ..protocol.spec import CNIError
 
 
 def ipam_type(conf: Dict[str, Any]) -> str:
@@ -24,16 +25,11 @@ def delegate(command: str, ctx: skel.Context, conf: Dict[str, Any]) -> Optional[
     if not ptype:
         raise CNIError(spec.ERR_INVALID_CONFIG, "IPAM plugin type is missing")
     sub = dataclasses.replace(ctx, command=command)
-    if registry.is_builtin(ptype):
-        return skel.call(registry.load(ptype)(), sub, dict(conf))
-    path = invoke.find_in_path(ptype, ctx.path)
+    path = invoke.resolve(ptype, ctx.path, builtin_first=True)
+    if path is None:
+        return invoke.call_builtin(ptype, sub, dict(conf))
     payload = dict(conf)
     if isinstance(payload.get("prevResult"), dict):
         payload["prevResult"] = spec.result_to_dict(payload["prevResult"], conf["cniVersion"])
-    raw = invoke.exec_plugin(path, sub.env_for(command), json.dumps(payload).encode())
-    if command != "ADD":
-        return None
-    if raw is None:
-        raise CNIError(spec.ERR_INTERNAL, f"IPAM plugin {ptype} returned no result")
-    raw.setdefault("cniVersion", conf["cniVersion"])  # libcni fixupResultVersion
-    return spec.result_from_dict(raw)
+    return invoke.exec_result(path, sub.env_for(command), json.dumps(payload).encode(), command,
+                              conf["cniVersion"], f"IPAM plugin {ptype}")

@@ -33,10 +33,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .. import skel, spec
+from ..protocol import skel, spec
 from ..cluster.client import Client, EtcdConfig, Unavailable, cmp_absent, cmp_mod_revision, op_delete, op_get, op_get_prefix, op_put
-from ..plugins import Plugin
-from ..spec import CNIError
+from ..protocol.plugin import Plugin
+from ..protocol.spec import CNIError
 from .host_local import IpamConf, RangeSet, load_config, parse_resolv_conf
 from .store import IPAddr
 
@@ -313,10 +313,8 @@ class ClusterIpam(Plugin):
                     raise CNIError(ERR, f"cnikit-cluster: address {ip} missing from prevResult")
 
     def gc(self, ctx: skel.Context, conf: Dict[str, Any]) -> None:
-        """Release this node's attachments not in `cni.dev/valid-attachments`; with no list at
-        all, release nothing (an absent list is not an empty one: issue 19)."""
-        if conf.get("cni.dev/valid-attachments") is None and conf.get("cni.dev/attachments") is None:
-            return
+        """Release this node's attachments not in `cni.dev/valid-attachments` (skel.gc has already
+        made sure there is a list: with none, nothing is released — issue 19)."""
         keep = spec.valid_attachments(conf)
         cc, cli, alloc = self._open(conf, ctx)
         with cli.budget(max(cc.etcd.timeout, 10.0)):

@@ -26,9 +26,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import link, skel, spec
-from ..plugins import Plugin
-from ..spec import CNIError
+from ..net import link, ns, rtnl
+from ..protocol import skel, spec
+from ..protocol.plugin import Plugin
+from ..protocol.spec import CNIError
 
 ERR = spec.ERR_INTERNAL
 LEASE_DIR = "/run/cni/dhcp"
@@ -177,7 +178,7 @@ def set_link_state(ifname: str, up: bool, wait_carrier: bool = False) -> None:
             while time.monotonic() < deadline and not _flags(sock, ifname) & IFF_RUNNING:
                 time.sleep(0.005)
         except OSError as exc:
-            raise CNIError(ERR, f"failed to lookup {link.json_quote(ifname)}: {link.errstr(exc)}") from None
+            raise CNIError(ERR, f"failed to lookup {rtnl.json_quote(ifname)}: {rtnl.errstr(exc)}") from None
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ class Dhcp(Plugin):
             raise CNIError(spec.ERR_INVALID_CONFIG, "ipam.timeout must be a positive number of seconds",
                            repr(timeout))
         path = lease_path(conf["name"], ctx.container_id, ctx.ifname)
-        with link.in_netns(ctx.netns):
+        with ns.in_netns(ctx.netns):
             set_link_state(ctx.ifname, up=True, wait_carrier=True)  # Go's daemon sets it up too
             client = Client(ctx.ifname, client_id(ctx.container_id, conf["name"], ctx.ifname))
         try:
@@ -380,7 +381,7 @@ class Dhcp(Plugin):
             except BaseException as exc:
                 client.release(yiaddr, opts.get(OPT_SERVER_ID, b"\0" * 4), server_mac)
                 if isinstance(exc, OSError):
-                    raise CNIError(ERR, f"failed to record DHCP lease: {link.errstr(exc)}") from None
+                    raise CNIError(ERR, f"failed to record DHCP lease: {rtnl.errstr(exc)}") from None
                 raise
         finally:
             client.close()
@@ -424,7 +425,7 @@ def release_record(path: str, record: Optional[Dict[str, Any]], netns: str, ifna
     """RELEASE a recorded lease from inside its netns when possible, then forget it; never fails."""
     if record is not None and netns:
         with contextlib.suppress(OSError, CNIError, KeyError, ValueError, TypeError):
-            with link.in_netns(netns):
+            with ns.in_netns(netns):
                 client = Client(ifname, bytes.fromhex(record["clientID"]))
             try:
                 client.release(socket.inet_aton(record["ip"]), socket.inet_aton(record["server"]),
@@ -446,7 +447,7 @@ def maintain_one(path: str, record: Dict[str, Any], now: float, timeout: float =
         return "bound"
     ip, server = socket.inet_aton(record["ip"]), socket.inet_aton(record["server"])
     try:
-        with link.in_netns(record["netns"]):
+        with ns.in_netns(record["netns"]):
             if now >= acquired + record["leaseTime"]:
                 set_link_state(record["ifname"], up=False)
                 return "expired"

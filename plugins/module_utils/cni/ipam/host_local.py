@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import skel, spec
-from ..plugins import Plugin
-from ..spec import CNIError
+from ..protocol import skel, spec
+from ..protocol.plugin import Plugin
+from ..protocol.spec import CNIError
 from .store import IPAddr, Store, parse_ip
 
 ERR = spec.ERR_INTERNAL  # Go host-local returns plain errors: the skel reports them as 999

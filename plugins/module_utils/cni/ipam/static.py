@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, List, Optional
 
-from .. import skel, spec
-from ..plugins import Plugin, prev_result
-from ..spec import CNIError
+from ..protocol import skel, spec
+from ..protocol.plugin import Plugin, prev_result
+from ..protocol.spec import CNIError
 from .host_local import ERR, json_ip, parse_cidr, parse_routes, type_error
 from .store import IPAddr, parse_ip
 

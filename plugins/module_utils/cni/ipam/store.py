@@ -18,8 +18,9 @@ import ipaddress
 import os
 from typing import Iterator, List, Optional, Tuple
 
-from .. import faults, spec
-from ..spec import CNIError
+from .. import faults
+from ..protocol import spec
+from ..protocol.spec import CNIError
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 LAST_IP_PREFIX = "last_reserved_ip."

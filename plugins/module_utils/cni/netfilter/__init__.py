@@ -12,8 +12,8 @@ import ipaddress
 import re
 from typing import Any, Iterable, List, Optional
 
-from .. import spec
-from ..spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 
 NFTABLES = "nftables"
 IPTABLES = "iptables"

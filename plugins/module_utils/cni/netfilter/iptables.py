@@ -13,8 +13,8 @@ import re
 import subprocess
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence
 
-from .. import spec
-from ..spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 from . import chain_name, go_comment, parse_owner
 
 Rule = Sequence[str]  # iptables arguments after "-A <chain>", e.g. ("-d", "10.0.0.0/24", "-j", "ACCEPT")

@@ -26,8 +26,8 @@ import subprocess
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .. import spec
-from ..spec import CNIError
+from ..protocol import spec
+from ..protocol.spec import CNIError
 from . import chain_name, owner_comment, parse_owner
 
 NFT = "nft"

@@ -1,0 +1,1 @@
+"""The one netlink layer (pyroute2 only here): netns, rtnetlink socket, sysctl, addresses, links, CHECK."""

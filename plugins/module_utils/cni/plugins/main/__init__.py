@@ -1,0 +1,1 @@
+"""Main plugins: each creates or moves the container interface."""

@@ -1,0 +1,1 @@
+"""Meta plugins: chained after a main plugin, they act on its prevResult."""

@@ -1,0 +1,1 @@
+"""The CNI protocol: spec types and errors, the skel (exec protocol), the plugin base and registry."""
