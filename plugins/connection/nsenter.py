@@ -118,7 +118,7 @@ class Connection(ConnectionBase):
         super().fetch_file(in_path, out_path)
         self._connect()
         with open(to_bytes(out_path), "wb") as dst:
-            proc = subprocess.run(self._argv(["cat", in_path]), stdout=dst, stderr=subprocess.PIPE, check=False)
+            proc = subprocess.run(self._argv(["cat", "--", in_path]), stdout=dst, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise AnsibleError(f"failed to read {in_path} on the node: {to_text(proc.stderr)}")
 

@@ -43,9 +43,9 @@ options:
     type: path
     default: /etc/cni/net.d
   mode:
-    description: File mode.
+    description: File mode (0600 - CIS Kubernetes benchmark 1.1.9/1.1.10 for CNI files).
     type: raw
-    default: '0644'
+    default: '0600'
   validate_plugins:
     description: Also require every plugin type to be built in or found on O(cni_path), speaking the config's version.
     type: bool
@@ -111,7 +111,7 @@ def main() -> None:
             filename=dict(type="str"),
             priority=dict(type="int", default=10),
             conf_dir=dict(type="path", default=runtime.DEFAULT_CONF_DIR),
-            mode=dict(type="raw", default="0644"),
+            mode=dict(type="raw", default="0600"),
             validate_plugins=dict(type="bool", default=True),
             cni_path=dict(type="list", elements="path", default=[runtime.DEFAULT_CNI_PATH]),
             state=dict(type="str", choices=["present", "absent"], default="present"),

@@ -54,3 +54,4 @@ def test_cni_config_lifecycle(play, tmp_path):
     assert r["remove predicted"]["changed"] is True
     assert r["remove"]["changed"] is True and r["remove again"]["changed"] is False
     assert sorted(p.name for p in conf_dir.iterdir()) == ["05-old.conflist", "10-lo.conf"]
+    assert (conf_dir / "10-lo.conf").stat().st_mode & 0o777 == 0o600  # CIS: CNI files 0600 by default

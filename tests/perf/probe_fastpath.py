@@ -39,13 +39,13 @@ run, handle = agent.run, agent.handle
 def timed_run(name, env, stdin):
     t = time.perf_counter(); out = run(name, env, stdin)
     log.write(f"run {name} {env.get('CNI_COMMAND')} {(time.perf_counter() - t) * 1e3:.3f}\\n"); return out
-def timed_handle(conn):
-    t = time.perf_counter(); handle(conn); log.write(f"handle {(time.perf_counter() - t) * 1e3:.3f}\\n")
+def timed_handle(conn, request):
+    t = time.perf_counter(); handle(conn, request); log.write(f"handle {(time.perf_counter() - t) * 1e3:.3f}\\n")
 agent.run, agent.handle = timed_run, timed_handle
 if sys.argv[4] == "thread-per-request":
-    agent.Workers.submit = lambda self, conn: threading.Thread(target=agent.handle, args=(conn,)).start()
+    agent.Workers.submit = lambda self, conn, request: threading.Thread(target=agent.handle, args=(conn, request)).start() or True
     agent.Workers.drain = lambda self: None
-agent.serve(sys.argv[2])
+agent.serve(sys.argv[2], [sys.argv[2].rsplit('/', 1)[0]])
 """
 
 
@@ -72,13 +72,16 @@ def raw_call(sock: str, name: str, env: dict, stdin: bytes) -> float:
     blob = b"\0".join(f"{k}={v}".encode() for k, v in env.items())
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(sock)
-        conn.sendall(b"CNIKIT/1 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name.encode() + blob + stdin)
+        conn.sendall(b"CNIKIT/2 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name.encode() + blob + stdin)
+        if conn.recv(1) != b"+":
+            raise RuntimeError(f"raw {name}: not acknowledged")
+        conn.sendall(b"!")
         conn.shutdown(socket.SHUT_WR)
         reply = b""
         while chunk := conn.recv(65536):
             reply += chunk
     took = (time.perf_counter() - start) * 1e3
-    if not reply.startswith(b"+0 "):
+    if not reply.startswith(b"0 "):
         raise RuntimeError(f"raw {name}: {reply[:300]!r}")
     return took
 

@@ -38,6 +38,7 @@ from cni.node import installer  # noqa: E402
 from cni.protocol import invoke  # noqa: E402
 from cni.node import relay  # noqa: E402
 from cni.protocol import skel  # noqa: E402
+from agentutil import Agent  # noqa: E402
 
 PY = os.path.join(cnitest.ROOT, ".venv", "bin", "python3")
 NO_PYTHON = "/nonexistent/python3"
@@ -49,31 +50,6 @@ def work(sandbox):
     path = tempfile.mkdtemp(prefix="perf", dir="/run")  # short: unix socket paths are ≤ 107 bytes
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-class Agent:
-    def __init__(self, sock: str, env: dict | None = None) -> None:
-        self.sock = sock
-        self.proc = subprocess.Popen([PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                                      "from cni.node.main import main; sys.exit(main(sys.argv[2:]))",
-                                      cnitest.LIB, "cnikit", "agent", "--socket", sock],
-                                     env=dict(os.environ, **(env or {})), stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not agent_mod.alive(sock):
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "agent did not come up"
-            time.sleep(0.02)
-
-    def stop(self) -> str:
-        """SIGTERM, wait; the agent's log."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        if self.proc.stderr.closed:
-            return ""
-        log = self.proc.stderr.read().decode(errors="replace")
-        self.proc.stderr.close()
-        return log
 
 
 @pytest.fixture
@@ -305,7 +281,7 @@ def test_concurrent_requests_through_the_agent(work, agent_factory):
 
 def test_agent_survives_garbage_and_refuses_a_second_instance(work, agent_factory):
     running = agent_factory()
-    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"CNIKIT/1 5 5 999999999\n", b"CNIKIT/1 10 0 0\nshort"):
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"CNIKIT/2 5 5 999999999\n", b"CNIKIT/2 10 0 0\nshort"):
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(running.sock)
             s.sendall(junk)
@@ -354,8 +330,9 @@ def test_sigterm_lets_the_request_in_flight_finish(work, agent_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)  # host-local waits for this lock: the request stays in flight
         conn = socket.socket(socket.AF_UNIX)
         conn.connect(running.sock)
-        conn.sendall(b"CNIKIT/1 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
+        conn.sendall(b"CNIKIT/2 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
         assert conn.recv(1) == b"+"
+        conn.sendall(b"!")
         running.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while os.path.exists(running.sock) and time.monotonic() < deadline:

@@ -247,3 +247,83 @@ def test_fuzz_sample_through_executables(sandbox, tmp_path, ptype):
     finally:
         os.chdir(cwd)
     assert ran[0] >= N_EXEC
+
+
+# --- integer extremes of every integer field of every plugin (issue 13) -----------------------
+
+# Every integer a plugin reads from its config, runtimeConfig or args, by path.
+INT_FIELDS = {
+    "bridge": [("mtu",), ("vlan",)],
+    "ipvlan": [("mtu",)],
+    "macvlan": [("mtu",)],
+    "ptp": [("mtu",)],
+    "tap": [("mtu",), ("owner",), ("group",)],
+    "vlan": [("mtu",), ("vlanId",)],
+    "tuning": [("mtu",), ("args", "cni", "mtu")],
+    "portmap": [("markMasqBit",), ("runtimeConfig", "portMappings", 0, "hostPort"),
+                ("runtimeConfig", "portMappings", 0, "containerPort")],
+    "bandwidth": [("ingressRate",), ("ingressBurst",), ("egressRate",), ("egressBurst",),
+                  ("runtimeConfig", "bandwidth", "ingressRate"), ("runtimeConfig", "bandwidth", "egressBurst")],
+    "dhcp": [("ipam", "timeout")],
+}
+INT_EXTREMES = [-(2 ** 70), -(2 ** 63) - 1, -(2 ** 63), -(2 ** 31) - 1, -1, 0, 1, 67, 4094, 4095, 65535, 65536,
+                2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 2 ** 70, 1.5, -0.0, 1e308]
+
+
+def extreme_conf(ptype: str, datadir: str, netns: str) -> dict:
+    """A config that would get as far as netlink: a real netns, a real master (fuzzm0)."""
+    conf = base_conf(ptype, datadir, "1.0.0")
+    conf.update(master="fuzzm0", bridge="fuzzbr0", vlanId=7)
+    if ptype == "bandwidth":
+        conf.update(ingressRate=8000, ingressBurst=8000, egressRate=8000, egressBurst=8000)
+    if ptype == "dhcp":
+        conf["ipam"] = {"type": "dhcp", "timeout": 1}
+    if "prevResult" in conf:
+        conf["prevResult"]["interfaces"][0]["sandbox"] = netns
+    return conf
+
+
+def set_path(conf: dict, path: tuple, value) -> dict:
+    conf = copy.deepcopy(conf)
+    parent = conf
+    for key in path[:-1]:
+        parent = parent.setdefault(key, {}) if isinstance(key, str) else parent[key]
+    parent[path[-1]] = value
+    return conf
+
+
+@pytest.fixture
+def fuzz_master(sandbox):
+    cnitest.sh("ip link add fuzzm0 type veth peer name fuzzm0p && ip link set fuzzm0 up")
+    yield "fuzzm0"
+    cnitest.sh("ip link del fuzzm0", check=False)
+    cnitest.sh("ip link del fuzzbr0", check=False)
+
+
+@pytest.mark.parametrize("ptype", sorted(INT_FIELDS))
+def test_integer_extremes_of_every_field(fuzz_area, fuzz_master, netns, ptype):
+    """Each integer field at every extreme: a result a DEL releases, or a spec error - never a
+    traceback (an out-of-range number reaching pyroute2's encoder was one). An mtu outside
+    0..65535 is a config error (7) naming the field and range."""
+    area, datadir = fuzz_area
+    links_before = relutil.link_names()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "fuzzint", "CNI_NETNS": f"/run/netns/{netns}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": cnitest.OUR_BIN}
+    factory = registry.load(ptype)
+    ran = 0
+    for path in INT_FIELDS[ptype]:
+        for value in INT_EXTREMES:
+            data = json.dumps(set_path(extreme_conf(ptype, datadir, f"/run/netns/{netns}"), path, value)).encode()
+            rc, out, err = skel.execute(factory, env, data)
+            got = relutil.check_outcome(rc, out, err, "ADD")
+            if path[-1] == "mtu" and isinstance(value, int) and not 0 <= value <= 65535:
+                assert (rc, got["code"]) == (1, 7) and "mtu" in got["msg"] and "65535" in got["msg"], (path, value, got)
+            if rc == 0:
+                rc2, out2, err2 = skel.execute(factory, dict(env, CNI_COMMAND="DEL"), data)
+                assert rc2 == 0, (path, value, out2, err2)
+            assert relutil.lease_files(datadir) == {}, (path, value)
+            ran += 1
+    assert ran == len(INT_FIELDS[ptype]) * len(INT_EXTREMES)
+    left = set(relutil.link_names()) - set(links_before) - {"fuzzbr0"}
+    assert sorted(left) == []
+    assert cnitest.sh(f"ip netns exec {netns} ip -o link show").count("\n") == 1  # lo only

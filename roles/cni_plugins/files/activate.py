@@ -12,6 +12,7 @@ would be) changed, so the role reports changed exactly then - and exits 1 if any
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,9 +41,27 @@ with tempfile.TemporaryDirectory() as scratch:
     stale = [n for n in wanted + ["cnikit"] if not same(os.path.join(scratch, n), os.path.join(dest, n))]
 if stale and not check:
     installer.write_executables(dest, python, libdir, wanted)
-# older versions: no launcher points at them any more (the swap above is atomic per file)
+# older versions: no launcher points at them any more (the swap above is atomic per file). Only our
+# own releases go: a digest name holding our marker (or, installed before the marker, our engine);
+# anything else that shares the lib dir (a venv, another tool's files) is never touched.
+MARKER = ".cnikit-engine"
+DIGEST = re.compile(r"^[0-9a-f]{16}$")
+
+
+def is_release(path):
+    if not DIGEST.match(os.path.basename(path)) or os.path.islink(path) or not os.path.isdir(path):
+        return False
+    legacy = any(all(os.path.isfile(os.path.join(path, "cni", f)) for f in files)  # before and after the reshape
+                 for files in (("main.py", "registry.py", "agent.py"),
+                               ("node/main.py", "protocol/registry.py", "node/agent.py")))
+    return os.path.isfile(os.path.join(path, MARKER)) or legacy
+
+
 top, mine = os.path.split(libdir.rstrip("/"))
-pruned = sorted(os.path.join(top, d) for d in os.listdir(top) if d != mine and os.path.isdir(os.path.join(top, d)))
+if not check and not os.path.exists(os.path.join(libdir, MARKER)):
+    with open(os.path.join(libdir, MARKER), "w", encoding="utf-8") as fh:
+        fh.write("a cnikit engine release; the cni_plugins role prunes it when no launcher points here\n")
+pruned = sorted(os.path.join(top, d) for d in os.listdir(top) if d != mine and is_release(os.path.join(top, d)))
 if not check:
     for path in pruned:
         shutil.rmtree(path)

@@ -27,7 +27,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..net import link, ns, rtnl
-from ..protocol import skel, spec
+from ..protocol import fsutil, skel, spec
 from ..protocol.plugin import Plugin
 from ..protocol.spec import CNIError
 
@@ -47,6 +47,7 @@ OPT_RENEWAL_TIME, OPT_REBINDING_TIME = 58, 59
 OPTION_NAMES = {"dhcp-client-identifier": OPT_CLIENT_ID, "subnet-mask": OPT_MASK, "routers": OPT_ROUTER,
                 "host-name": 12, "user-class": 77, "vendor-class-identifier": 60}
 DEFAULT_REQUEST = (OPT_ROUTER, OPT_MASK)
+MAX_TIMEOUT = 3600  # ipam.timeout: an ADD that waits longer than this is a config error (1e999 is inf)
 FIRST_RESEND = 1.0  # Go waits 4 s before the first resend; on a LAN 1 s doubling is plenty
 
 Options = Dict[int, bytes]
@@ -100,21 +101,38 @@ def encode_options(opts: List[Tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
+# Options whose value has a fixed size (RFC 2132), or a size that is a multiple of a unit with a
+# minimum: a reply carrying one of them with another length is malformed and dropped whole.
+FIXED_SIZE = {OPT_MSG_TYPE: 1, OPT_MASK: 4, OPT_SERVER_ID: 4, OPT_LEASE_TIME: 4, OPT_RENEWAL_TIME: 4,
+              OPT_REBINDING_TIME: 4, OPT_REQUESTED_IP: 4}
+UNIT_SIZE = {OPT_ROUTER: 4, 6: 4, OPT_STATIC_ROUTES: 8}  # router, DNS servers, static routes
+MIN_SIZE = {OPT_CLASSLESS: 5}
+
+
 def decode_options(data: bytes) -> Options:
+    """The options field, strictly: ValueError for a truncated option or a known option of the
+    wrong length (checked after RFC 3396 concatenation)."""
     opts: Options = {}
     i = 0
-    while i < len(data):
+    while True:
+        if i >= len(data):  # no end option: tolerated, as long as nothing is cut short
+            break
         code = data[i]
         if code == 255:
             break
         if code == 0:
             i += 1
             continue
-        if i + 1 >= len(data):
-            break
+        if i + 1 >= len(data) or i + 2 + data[i + 1] > len(data):
+            raise ValueError(f"option {code} truncated")
         size = data[i + 1]
         opts[code] = opts.get(code, b"") + data[i + 2:i + 2 + size]  # RFC 3396 concatenation
         i += 2 + size
+    for code, value in opts.items():
+        size = len(value)
+        if (code in FIXED_SIZE and size != FIXED_SIZE[code]) or size < MIN_SIZE.get(code, 0) \
+                or (code in UNIT_SIZE and (size == 0 or size % UNIT_SIZE[code])):
+            raise ValueError(f"option {code} has length {size}")
     return opts
 
 
@@ -146,17 +164,24 @@ def ip_udp(src: bytes, dst: bytes, payload: bytes) -> bytes:
 
 
 def parse_reply(frame: bytes, xid: int, mac: bytes) -> Optional[Tuple[bytes, Options]]:
-    """(yiaddr, options) if `frame` is a BOOTREPLY to us for transaction `xid`, else None."""
+    """(yiaddr, options) if `frame` is a well-formed DHCP BOOTREPLY to us for transaction `xid`,
+    else None: anything else on the wire - malformed included - is dropped, never raised."""
     if len(frame) < 28 or frame[0] >> 4 != 4 or frame[9] != socket.IPPROTO_UDP:
         return None
     ihl = (frame[0] & 0x0F) * 4
     udp = frame[ihl:]
-    if len(udp) < 8 + 240 or struct.unpack("!H", udp[2:4])[0] != CLIENT_PORT:
+    if ihl < 20 or len(udp) < 8 + 240 or struct.unpack("!H", udp[2:4])[0] != CLIENT_PORT:
         return None
     msg = udp[8:]
     if msg[0] != 2 or struct.unpack("!I", msg[4:8])[0] != xid or msg[28:34] != mac or msg[236:240] != MAGIC:
         return None
-    return msg[16:20], decode_options(msg[240:])
+    try:
+        opts = decode_options(msg[240:])
+    except ValueError:
+        return None
+    if OPT_MSG_TYPE not in opts:  # BOOTP, not DHCP
+        return None
+    return msg[16:20], opts
 
 
 def _flags(sock: socket.socket, ifname: str) -> int:
@@ -223,7 +248,7 @@ class Client:
                 if addr[2] == PACKET_OUTGOING:
                     continue
                 reply = parse_reply(frame, self.xid, self.mac)
-                if reply and reply[1].get(OPT_MSG_TYPE, b"\0")[0] in want:
+                if reply and reply[1][OPT_MSG_TYPE][0] in want:
                     return reply[0], reply[1], addr[4]
         raise CNIError(ERR, f"{self.client_id[1:].decode(errors='replace')}: no DHCP reply on "
                             f"{self.ifname} ({'DHCPOFFER' if msg_type == DISCOVER else 'DHCPACK'} timed out)")
@@ -318,8 +343,9 @@ def _seconds(opts: Options, code: int) -> Optional[int]:
 
 
 def lease_record(client: Client, yiaddr: bytes, opts: Options, server_mac: bytes, netns: str,
-                 now: float) -> Dict[str, Any]:
-    """What DEL and renewal need; T1/T2 defaulted as Go's DHCPLease.commit does."""
+                 now: float, netns_id: Tuple[int, int]) -> Dict[str, Any]:
+    """What DEL and renewal need; T1/T2 defaulted as Go's DHCPLease.commit does. `netns_id` is the
+    netns the lease was taken in (ns.thread_netns_id): renewal acts only where it still opens."""
     lease = _seconds(opts, OPT_LEASE_TIME) or 0
     t2 = _seconds(opts, OPT_REBINDING_TIME)
     t2 = lease * 85 // 100 if t2 is None or t2 > lease else t2
@@ -327,7 +353,7 @@ def lease_record(client: Client, yiaddr: bytes, opts: Options, server_mac: bytes
     t1 = lease // 2 if t1 is None or t1 > t2 else t1
     return {"clientID": client.client_id.hex(), "ip": _ip(yiaddr),
             "server": _ip(opts.get(OPT_SERVER_ID, b"\0" * 4)), "serverMAC": server_mac.hex(),
-            "mac": client.mac.hex(), "netns": netns, "ifname": client.ifname,
+            "mac": client.mac.hex(), "netns": netns, "netnsID": list(netns_id), "ifname": client.ifname,
             "leaseTime": lease, "t1": t1, "t2": t2, "acquired": now}
 
 
@@ -343,11 +369,8 @@ def lease_path(net: str, cid: str, ifname: str) -> str:
 
 
 def write_lease(path: str, record: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, path)
+    fsutil.state_dir(os.path.dirname(path), 0o700)
+    fsutil.write_atomic(path, json.dumps(record).encode(), 0o600)
 
 
 def read_lease(path: str) -> Optional[Dict[str, Any]]:
@@ -366,22 +389,25 @@ class Dhcp(Plugin):
     def add(self, ctx: skel.Context, conf: Dict[str, Any]) -> Dict[str, Any]:
         request, provide = prepare_options(conf, ctx.environ.get("CNI_ARGS", ""))
         timeout = (conf.get("ipam") or {}).get("timeout", 10)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise CNIError(spec.ERR_INVALID_CONFIG, "ipam.timeout must be a positive number of seconds",
-                           repr(timeout))
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+            raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid ipam.timeout {timeout!r}: must be between 0 and "
+                           f"{MAX_TIMEOUT} seconds")
         path = lease_path(conf["name"], ctx.container_id, ctx.ifname)
         with ns.in_netns(ctx.netns):
             set_link_state(ctx.ifname, up=True, wait_carrier=True)  # Go's daemon sets it up too
             client = Client(ctx.ifname, client_id(ctx.container_id, conf["name"], ctx.ifname))
+            netns_id = ns.thread_netns_id()
         try:
             yiaddr, opts, server_mac = client.acquire(request, provide, timeout)
             try:  # from here on the server holds a lease for us: a failed ADD gives it back
                 result = lease_result(yiaddr, opts)
-                write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time()))
-            except BaseException as exc:
+                try:
+                    write_lease(path, lease_record(client, yiaddr, opts, server_mac, ctx.netns, time.time(), netns_id))
+                except (OSError, CNIError) as exc:
+                    why = rtnl.errstr(exc) if isinstance(exc, OSError) else exc.msg
+                    raise CNIError(ERR, f"failed to record DHCP lease: {why}") from None
+            except BaseException:
                 client.release(yiaddr, opts.get(OPT_SERVER_ID, b"\0" * 4), server_mac)
-                if isinstance(exc, OSError):
-                    raise CNIError(ERR, f"failed to record DHCP lease: {rtnl.errstr(exc)}") from None
                 raise
         finally:
             client.close()
@@ -446,22 +472,30 @@ def maintain_one(path: str, record: Dict[str, Any], now: float, timeout: float =
     if now < acquired + record["t1"]:
         return "bound"
     ip, server = socket.inet_aton(record["ip"]), socket.inet_aton(record["server"])
+    netns_id = record.get("netnsID")
     try:
         with ns.in_netns(record["netns"]):
+            # Only the netns and the interface the lease was taken on: the path may now open another
+            # netns, the name may now be another interface (a record without the netns id predates
+            # this check and is not acted on either).
+            if not isinstance(netns_id, list) or tuple(netns_id) != ns.thread_netns_id():
+                return "gone"
+            client = Client(record["ifname"], bytes.fromhex(record["clientID"]))
+            if client.mac.hex() != record["mac"]:
+                client.close()
+                return "gone"
             if now >= acquired + record["leaseTime"]:
+                client.close()
                 set_link_state(record["ifname"], up=False)
                 return "expired"
-            client = Client(record["ifname"], bytes.fromhex(record["clientID"]))
     except (OSError, CNIError):
         return "gone"
     rebind = now >= acquired + record["t2"]
     try:
-        if client.mac.hex() != record["mac"]:
-            return "gone"  # another interface now carries the name
         _, opts, server_mac = client.renew(ip, server, bytes.fromhex(record["serverMAC"]), rebind, timeout)
         if opts[OPT_MSG_TYPE][0] != ACK:
             return "failed"
-        write_lease(path, lease_record(client, ip, opts, server_mac, record["netns"], time.time()))
+        write_lease(path, lease_record(client, ip, opts, server_mac, record["netns"], time.time(), tuple(netns_id)))
         return "rebound" if rebind else "renewed"
     except (OSError, CNIError):
         return "failed"
@@ -487,6 +521,9 @@ def maintain(now: Optional[float] = None, lease_dir: str = LEASE_DIR) -> Dict[st
                 states[path] = maintain_one(path, record, time.time() if now is None else now)
             except (KeyError, TypeError, ValueError):
                 states[path] = "invalid"
+            except Exception as exc:  # noqa: BLE001 - one lease must never stop the others' renewal
+                sys.stderr.write(f"cnikit dhcp-renew: {path}: {type(exc).__name__}: {exc}\n")
+                states[path] = "failed"
             if states[path] == "gone":
                 # Without its netns or interface DEL could not RELEASE either: the record is
                 # dead weight (also one a renewal re-wrote just after a DEL removed it).
@@ -511,8 +548,11 @@ def serve(interval: float = 30.0) -> None:
     """Renew leases until killed: wake at the next T1, at least every `interval` seconds (new
     leases), sooner while a renewal is failing."""
     while True:
-        states = maintain()
-        due = next_due()
+        try:
+            states, due = maintain(), next_due()
+        except Exception as exc:  # noqa: BLE001 - the daemon outlives any one bad pass
+            sys.stderr.write(f"cnikit dhcp-renew: {type(exc).__name__}: {exc}\n")
+            states, due = {"pass": "failed"}, None
         pause = interval if due is None else min(interval, max(1.0, due - time.time()))
         if "failed" in states.values():
             pause = min(pause, 5.0)

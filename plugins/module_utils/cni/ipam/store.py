@@ -19,7 +19,7 @@ import os
 from typing import Iterator, List, Optional, Tuple
 
 from .. import faults
-from ..protocol import spec
+from ..protocol import fsutil, spec
 from ..protocol.spec import CNIError
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
@@ -77,10 +77,13 @@ class Store:
             os.makedirs(self.dir, 0o755, exist_ok=True)
         except OSError as exc:
             raise _os_error("mkdir", exc.filename or self.dir, exc) from None
+        why = fsutil.unsafe_dir(self.dir)  # others could swap leases or the lock for links
+        if why:
+            raise CNIError(spec.ERR_IO, f"refusing dataDir {self.dir}: {why}")
         path = os.path.join(self.dir, "lock")
         try:
             # go-filemutex: open(O_CREAT|O_RDONLY, 0750) and flock on that descriptor.
-            self._lock_fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, 0o750)
+            self._lock_fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o750)
         except OSError as exc:
             raise _os_error("open", path, exc) from None
 
@@ -108,9 +111,9 @@ class Store:
         final = os.path.join(self.dir, name)
         if not replace and os.path.lexists(final):
             return False  # the common case while skipping taken addresses: no temp file for it
-        tmp = os.path.join(self.dir, f".{name}.tmp{os.getpid()}")
+        tmp = ""
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            fd, tmp = fsutil.create_temp(os.path.join(self.dir, f".{name}"), 0o644)
             try:
                 os.write(fd, data)
             finally:
@@ -131,7 +134,8 @@ class Store:
             return True
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                if tmp:
+                    os.unlink(tmp)
             raise _os_error("open", final, exc) from None
 
     @staticmethod

@@ -9,6 +9,9 @@ from typing import List
 def delete_udp_by_dport(ports: List[int], versions: List[int]) -> None:
     """Delete the UDP conntrack entries whose original destination port is one of `ports`, for IP
     `versions` (4, 6). pyroute2's conntrack socket is imported only when called; errors propagate."""
+    from .rtnl import skip_pyroute2_init  # noqa: PLC0415
+
+    skip_pyroute2_init()  # and pyroute2's logging kept off stderr
     from pyroute2.conntrack import Conntrack, NFCTAttrTuple  # noqa: PLC0415 - lazy on purpose
 
     with contextlib.closing(Conntrack()) as ct:

@@ -341,10 +341,12 @@ def create_tap(name: str, multi_queue: bool = False, owner: Optional[int] = None
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        # the ioctl argument is a C int here and an unsigned long in the kernel, which keeps the low
+        # 32 bits (uid_t): uids from 2**31 on travel as their two's complement
         if owner is not None:
-            fcntl.ioctl(fd, TUNSETOWNER, owner)
+            fcntl.ioctl(fd, TUNSETOWNER, owner - (1 << 32) if owner >= 1 << 31 else owner)
         if group is not None:
-            fcntl.ioctl(fd, TUNSETGROUP, group)
+            fcntl.ioctl(fd, TUNSETGROUP, group - (1 << 32) if group >= 1 << 31 else group)
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     finally:
         os.close(fd)

@@ -3,9 +3,12 @@ of whether a path is a network namespace. The only place that knows CLONE_NEWNET
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-from typing import Iterator, Optional
+import stat
+from typing import Iterator, Optional, Tuple
 
+from .. import faults
 from ..protocol import spec
 from ..protocol.spec import CNIError
 
@@ -25,10 +28,29 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _open_netns_fd(path: str) -> int:
+    """An fd of the network namespace at `path`; OSError if it is none. Only a regular file is
+    opened, non-blocking (a FIFO or a device named as CNI_NETNS is never opened: it could hang the
+    caller or act on the device), and the fd must answer NS_GET_NSTYPE with CLONE_NEWNET."""
+    import fcntl  # noqa: PLC0415
+
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a network namespace")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = -1  # a plain file left behind (ENOTTY) is no namespace
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a network namespace")
+    return fd
+
+
 def open_netns(path: str) -> int:
     """Open a netns path (a /run/netns bind mount or /proc/<pid>/ns/net) read-only."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return _open_netns_fd(path)
     except OSError as exc:
         raise NetnsNotFound(path, exc) from None
 
@@ -56,10 +78,17 @@ def in_netns(path: Optional[str]) -> Iterator[None]:
         try:
             yield
         finally:
+            faults.point("net.restore_netns")  # tests: a thread left in the target netns
             _setns(origin)
     finally:
         os.close(target)
         os.close(origin)
+
+
+def thread_netns_id() -> Tuple[int, int]:
+    """(dev, inode) of the calling thread's netns: equal ids, same netns."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
 
 
 def current_netns_fd() -> int:
@@ -73,19 +102,11 @@ NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 def is_netns(path: str) -> bool:
     """True if `path` opens as a network namespace (a /run/netns bind mount or /proc/<pid>/ns/net).
     The one test of it: a bare file (what a failed `ip netns add` or a reboot leaves) is none."""
-    import fcntl  # noqa: PLC0415
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        os.close(_open_netns_fd(path))
+        return True
     except OSError:
         return False
-    try:
-        # an nsfs inode answers NS_GET_NSTYPE; a plain file left behind (ENOTTY) is no namespace
-        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def create_named(path: str) -> None:

@@ -19,8 +19,15 @@ def skip_pyroute2_init() -> None:
     submodules (conntrack, ndb, ipset, nl80211, plan9, ...): ~80 ms of CPU per exec here, 372 ->
     296 modules (docs/performance.md). A bare package module with the real `__path__` goes in
     first; a process that already imported pyroute2 is left as it is."""
+    import logging  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
+    # pyroute2 logs (and logging's last resort prints) errors with tracebacks on stderr: a plugin's
+    # stderr carries only what the engine says, its failures arrive as exceptions anyway.
+    quiet = logging.getLogger("pyroute2")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     if "pyroute2" in sys.modules:
         return
     import importlib.machinery  # noqa: PLC0415

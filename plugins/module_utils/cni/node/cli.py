@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "'' writes the dash + Python launchers)")
     agent = sub.add_parser("agent", help="run the node agent (engine kept warm; the plugins hand it their calls)")
     agent.add_argument("--socket", default=None, help="unix socket to listen on (default /run/cni/cnikit.sock)")
+    agent.add_argument("--cni-path", default=None,
+                       help="the only dirs foreign plugins are exec'd from, ':'-separated (default: the dir of "
+                            "this cnikit executable, else /opt/cni/bin); see docs/security.md")
     sub.add_parser("version", help="print the supported CNI versions")
     from .reclaim import add_parser as add_reclaim_parser  # noqa: PLC0415 - stdlib-only module
 
@@ -122,7 +125,9 @@ def main(argv: List[str]) -> int:
     if args.cmd == "agent":
         from . import agent  # noqa: PLC0415
 
-        return agent.serve(args.socket or agent.DEFAULT_SOCKET)
+        dirs = args.cni_path.split(os.pathsep) if args.cni_path else [
+            os.path.dirname(os.path.abspath(sys.argv[0])) if os.path.basename(sys.argv[0]) == "cnikit" else "/opt/cni/bin"]
+        return agent.serve(args.socket or agent.DEFAULT_SOCKET, [d for d in dirs if d])
     if args.cmd == "version":
         from ..protocol import spec  # noqa: PLC0415
 

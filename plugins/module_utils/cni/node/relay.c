@@ -4,11 +4,14 @@
  * there; one binary, hard-linked under every plugin name (argv[0]'s basename names the plugin).
  * Without a compiler the dash launcher + relay.py do the same job. This program only relays
  * bytes: every CNI decision stays in the Python engine, which it reaches in one of two ways:
- *   - the node agent's socket: `CNIKIT/1 <len name> <len env> <len stdin>\n` + name + environment
- *     (K=V joined by NUL) + stdin; the agent answers `+` once it holds the request, then
- *     `<rc> <len stdout> <len stderr>\n` + both (agent.py);
+ *   - the node agent's socket: `CNIKIT/2 <len name> <len env> <len stdin>\n` + name + environment
+ *     (K=V joined by NUL) + stdin; the agent answers `+` once it holds the request, we answer `!`
+ *     (go: it runs nothing before, so a request we gave up on never runs twice), then it sends
+ *     `<rc> <len stdout> <len stderr>\n` + both (agent.py). The agent must run as root or as us
+ *     (SO_PEERCRED), else it is not talked to;
  *   - the engine in-process: exec the engine interpreter, with a memfd copy of stdin.
- * Fallbacks, as in relay.py: no socket, refused, or no `+` within ACK_TIMEOUT -> in-process;
+ * Fallbacks, as in relay.py: no socket, refused, a listener of another uid, or no `+` within
+ * ACK_TIMEOUT -> in-process;
  * `+` then the connection drops -> for ADD a DEL in-process first (output discarded), then replay.
  * VERSION is answered from a reply baked in at build time (byte for byte what the engine prints).
  *
@@ -142,6 +145,10 @@ static int exchange(const char *name, const struct buf *in, struct buf *reply) {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
         connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         goto out;
+    struct ucred cred;
+    socklen_t credlen = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) < 0 || (cred.uid != 0 && cred.uid != geteuid()))
+        goto out; /* not the agent: someone else's socket on the path */
     for (char **e = environ; *e; e++) {
         if (!strchr(*e, '='))
             continue;
@@ -149,7 +156,7 @@ static int exchange(const char *name, const struct buf *in, struct buf *reply) {
             put(&env, "", 1);
         put(&env, *e, strlen(*e));
     }
-    int hn = snprintf(head, sizeof(head), "CNIKIT/1 %zu %zu %zu\n", strlen(name), env.n, in->n);
+    int hn = snprintf(head, sizeof(head), "CNIKIT/2 %zu %zu %zu\n", strlen(name), env.n, in->n);
     put(&req, head, (size_t)hn);
     put(&req, name, strlen(name));
     put(&req, env.p, env.n);
@@ -162,12 +169,17 @@ static int exchange(const char *name, const struct buf *in, struct buf *reply) {
             goto out;
         off += (size_t)w;
     }
-    shutdown(fd, SHUT_WR);
     while (recv(fd, &ack, 1, 0) < 0 && errno == EINTR)
         ;
     if (ack != '+')
         goto out;
+    ssize_t go;
+    while ((go = send(fd, "!", 1, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    if (go != 1) /* the agent went away before our go: it ran nothing */
+        goto out;
     acked = 1;
+    shutdown(fd, SHUT_WR);
     tv.tv_sec = 0; /* from here the agent is working: operations may wait on locks */
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     read_all(fd, reply);

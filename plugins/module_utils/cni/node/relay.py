@@ -11,14 +11,16 @@ bare interpreter start (~8 ms) instead of paying the engine + pyroute2 imports (
     python3 -I -S relay.py <plugin path> <agent socket> <engine python> <libdir>
 
 The agent is an accelerator, never a dependency:
-  - no agent (no socket, connection refused, no acknowledgement within ACK_TIMEOUT): run the same
-    engine in-process (exec the engine interpreter with a memfd copy of stdin);
+  - no agent (no socket, connection refused, a listener not running as root or as us, no
+    acknowledgement within ACK_TIMEOUT): run the same engine in-process (exec the engine
+    interpreter with a memfd copy of stdin); the agent works only once it has our `!` after its
+    `+`, so a request we gave up on is never run by it too;
   - the agent dies after acknowledging (it may have done part of the work): replay the request
     in-process. An ADD is first undone with a DEL of the same attachment, because the runtime has
     not seen a result and host-local refuses a second allocation for one container + ifname.
-Wire format (see agent.py): request `CNIKIT/1 <len name> <len env> <len stdin>\\n` + the three
-blobs (env as NUL-separated K=V); the agent answers `+` once it has the request, then
-`<rc> <len stdout> <len stderr>\\n` + the two blobs.
+Wire format (see agent.py): request `CNIKIT/2 <len name> <len env> <len stdin>\\n` + the three
+blobs (env as NUL-separated K=V); the agent answers `+` once it has the request, we answer `!`,
+then it sends `<rc> <len stdout> <len stderr>\\n` + the two blobs.
 """
 import _socket
 import posix
@@ -70,6 +72,13 @@ def undo_add(argv, env, stdin):
     posix.waitpid(pid, 0)
 
 
+def agent_trusted(sock):
+    """The listener must run as root (or as us): anyone else who got a socket onto the path would
+    be handed every call's config and could answer it with a forged result."""
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(cred[4:8], sys.byteorder) in (0, posix.geteuid())
+
+
 def exchange(sock_path, name, env, stdin):
     """Send the request; return (acknowledged, reply bytes or None when the agent went away)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -77,12 +86,15 @@ def exchange(sock_path, name, env, stdin):
     try:
         sock.settimeout(ACK_TIMEOUT)
         sock.connect(sock_path)
-        blob = b"\0".join([k + b"=" + v for k, v in env.items()])
-        sock.sendall(b"CNIKIT/1 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
-        sock.shutdown(_socket.SHUT_WR)
-        acked = sock.recv(1) == b"+"
-        if not acked:
+        if not agent_trusted(sock):
             return False, None
+        blob = b"\0".join([k + b"=" + v for k, v in env.items()])
+        sock.sendall(b"CNIKIT/2 %d %d %d\n" % (len(name), len(blob), len(stdin)) + name + blob + stdin)
+        if sock.recv(1) != b"+":
+            return False, None
+        sock.sendall(b"!")  # the go: the agent runs nothing before it, so giving up above is safe
+        acked = True
+        sock.shutdown(_socket.SHUT_WR)
         sock.settimeout(None)  # from here the agent is working: operations may wait on locks
         chunks = []
         while True:

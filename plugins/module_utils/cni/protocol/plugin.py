@@ -55,9 +55,23 @@ _JSON_TYPES = {str: "string", int: "number", float: "number", bool: "bool", list
                type(None): "null"}
 
 
-def conf_field(conf: Conf, key: str, kind: type, default: Any = None, struct: str = "NetConf") -> Any:
+MTU_RANGE = (0, 65535)  # 0: the kernel's default; the kernel refuses what a device cannot take
+
+
+def check_range(key: str, value: int, bounds: Tuple[int, int]) -> int:
+    """An integer field within `bounds` (inclusive), else code 7 naming the field and the range -
+    before any netlink call, so no out-of-range number reaches pyroute2's encoder."""
+    low, high = bounds
+    if not low <= value <= high:
+        raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid {key} {value}: must be between {low} and {high}")
+    return value
+
+
+def conf_field(conf: Conf, key: str, kind: type, default: Any = None, struct: str = "NetConf",
+               bounds: Optional[Tuple[int, int]] = None) -> Any:
     """A typed config key, failing like Go's json.Unmarshal into the plugin's struct (code 999,
-    "failed to load netconf: json: cannot unmarshal ..."); null and absent give the default."""
+    "failed to load netconf: json: cannot unmarshal ..."); null and absent give the default. An
+    integer with `bounds` is range-checked (check_range)."""
     val = conf.get(key)
     if val is None:
         return default
@@ -68,4 +82,6 @@ def conf_field(conf: Conf, key: str, kind: type, default: Any = None, struct: st
         raise CNIError(spec.ERR_INTERNAL, "failed to load netconf: json: cannot unmarshal "
                        f"{_JSON_TYPES.get(type(val), 'value')} into Go struct field {struct}.{key} "
                        f"of type {_GO_TYPES.get(kind, kind.__name__)}")
+    if bounds is not None and kind is int:
+        check_range(key, val, bounds)
     return val

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import faults
-from ..protocol import invoke, registry, skel, spec
+from ..protocol import fsutil, invoke, registry, skel, spec
 from ..protocol.spec import CNIError
 
 log = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ class Runtime:
         even if an earlier one failed; errors are joined. The cache entry goes only when all succeed."""
         skel.validate_container_id(rt.container_id)
         spec.validate_name(net.name)
+        skel.validate_ifname(rt.ifname)  # it becomes part of the cache file's path
         prev = None
         cached = None
         if spec.version_ge(net.cni_version or "0.1.0", "0.4.0"):
@@ -455,6 +456,9 @@ class Runtime:
         if not net_name or not rt.container_id or not rt.ifname:
             raise CNIError(spec.ERR_INVALID_ENV, "cache file path requires network name, container ID and "
                            f"interface name ({net_name!r}, {rt.container_id!r}, {rt.ifname!r})")
+        spec.validate_name(net_name)  # each a single path component, whichever verb asks
+        skel.validate_container_id(rt.container_id)
+        skel.validate_ifname(rt.ifname)
         return os.path.join(self.cache_dir, "results", f"{net_name}-{rt.container_id}-{rt.ifname}")
 
     def _cache_write(self, net: NetworkConfigList, rt: RuntimeConf, result: Dict[str, Any]) -> None:
@@ -473,12 +477,8 @@ class Runtime:
         tail = "".join(f',"{k}":{go_json(cached[k], sort_keys=True)}' for k in ("capabilityArgs", "result")
                        if k in cached)
         path = self.cache_path(net.name, rt)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text[:-1] + tail + "}")
-        os.replace(tmp, path)
+        fsutil.state_dir(os.path.dirname(path), 0o700)
+        fsutil.write_atomic(path, (text[:-1] + tail + "}").encode(), 0o600)
 
     def _cache_read(self, net: NetworkConfigList, rt: RuntimeConf) -> Optional[Dict[str, Any]]:
         """The cached entry (None if absent); CNIError if it is unreadable or of another kind."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import runtime
 from ..net import addr, link, ns, rtnl
-from ..protocol import invoke, skel, spec
+from ..protocol import fsutil, invoke, skel, spec
 from ..protocol.spec import CNIError
 
 NETNS_DIR = "/run/netns"
@@ -637,7 +637,7 @@ def file_mode(mode: Any) -> int:
     return value
 
 
-def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_mode: bool = False) -> Change:
+def ensure_config_file(path: str, text: Optional[str], mode: int = 0o600, check_mode: bool = False) -> Change:
     """Write `text` to `path` atomically (tmp + rename) when it differs; None removes the file."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -653,17 +653,7 @@ def ensure_config_file(path: str, text: Optional[str], mode: int = 0o644, check_
             os.unlink(path)
         else:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                os.chmod(tmp, mode)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            fsutil.write_atomic(path, text.encode(), mode)
     return Change(changed, {"path": path, "content": current or ""}, {"path": path, "content": text or ""})
 
 

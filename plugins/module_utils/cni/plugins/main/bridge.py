@@ -21,7 +21,7 @@ from ... import faults, ipam, netfilter
 from ...net import addr, check, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field, prev_result
 from .. import NetPlugin, gc_masquerade
 
 OPER_UP_WAITS_MS = (0, 50, 500, 1000, 1000)  # Go: how long the host veth may take to come up
@@ -36,7 +36,7 @@ class Bridge(NetPlugin):
         for key in ("isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "hairpinMode", "promiscMode",
                     "macspoofchk", "enabledad"):
             n[key] = conf_field(conf, key, bool, False)
-        n["mtu"] = conf_field(conf, "mtu", int, 0)
+        n["mtu"] = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         n["vlan"] = conf_field(conf, "vlan", int, 0)
         n["backend"] = conf_field(conf, "ipMasqBackend", str, None)
         if n["vlan"] < 0 or n["vlan"] > 4094:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from ... import ipam
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field, prev_result
 from .single import SingleLinkPlugin, mode_field
 
 MODES = {"l2": 0, "l3": 1, "l3s": 2}  # IPVLAN_MODE_*; the first is the default
@@ -34,7 +34,7 @@ class Ipvlan(SingleLinkPlugin):
         raise rtnl.fail("chained master failure. PrevResult lacks a single named interface")
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        mtu = conf_field(conf, "mtu", int, 0)
+        mtu = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         prev = prev_result(conf, required=False)
         preset = prev if not ipam.ipam_type(conf) and prev is not None and prev["ips"] else None
         if preset is None and not ipam.ipam_type(conf):
@@ -54,7 +54,7 @@ class Ipvlan(SingleLinkPlugin):
         return self.finish_add(ctx, conf, made, preset)
 
     def validate_del(self, ctx: skel.Context, conf: Conf) -> None:
-        conf_field(conf, "mtu", int, 0)
+        conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
         self.check_mode(ctx, conf, MODES, "IFLA_IPVLAN_MODE")

@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
 from .single import SingleLinkPlugin, mode_field
 
 # Go's macvlan plugin has no `source` mode (it needs a MAC list); the first is the default
@@ -24,7 +24,7 @@ class Macvlan(SingleLinkPlugin):
 
     def load(self, ctx: skel.Context, conf: Conf, ipr: Any, lookup_master: bool = True) -> Dict[str, Any]:
         """Go loadConf: master (default route dev), MTU bound by the master's, MAC precedence."""
-        n: Dict[str, Any] = {"master": conf_field(conf, "master", str, ""), "mtu": conf_field(conf, "mtu", int, 0),
+        n: Dict[str, Any] = {"master": conf_field(conf, "master", str, ""), "mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE),
                              "mac": conf_field(conf, "mac", str, "")}
         runtime = conf_field(conf, "runtimeConfig", dict, {})
         if lookup_master:

@@ -17,7 +17,7 @@ from ... import faults, ipam, netfilter
 from ...net import addr, link, ns, rtnl, sysctl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
 from .. import NetPlugin, gc_masquerade
 from .single import check_container, check_prelude
 
@@ -26,7 +26,7 @@ class Ptp(NetPlugin):
     name = "ptp"
 
     def add(self, ctx: skel.Context, conf: Conf) -> Result:
-        mtu = conf_field(conf, "mtu", int, 0)
+        mtu = conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         masq = conf_field(conf, "ipMasq", bool, False)
         backend = conf_field(conf, "ipMasqBackend", str, None)
         got = ipam.delegate("ADD", ctx, conf)
@@ -93,7 +93,7 @@ class Ptp(NetPlugin):
         super().gc(ctx, conf)
 
     def check(self, ctx: skel.Context, conf: Conf) -> None:
-        conf_field(conf, "mtu", int, 0)
+        conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)
         result, cont = check_prelude(ctx, conf, "ptp: Required prevResult missing")
         check_container(ctx, result, cont, "veth", "veth/p2p", prefix="ptp: ")
         if conf_field(conf, "ipMasq", bool, False):

@@ -12,7 +12,7 @@ from typing import Any
 from ...net import link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 
@@ -20,7 +20,7 @@ class Tap(SingleLinkPlugin):
     name = "tap"
 
     def load(self, ctx: skel.Context, conf: Conf) -> dict:
-        n = {"mtu": conf_field(conf, "mtu", int, 0), "mac": conf_field(conf, "mac", str, ""),
+        n = {"mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE), "mac": conf_field(conf, "mac", str, ""),
              "multiQueue": conf_field(conf, "multiQueue", bool, False), "owner": conf_field(conf, "owner", int),
              "group": conf_field(conf, "group", int), "bridge": conf_field(conf, "bridge", str, "")}
         if conf_field(conf, "selinuxContext", str, ""):

@@ -14,7 +14,7 @@ from typing import Any, Dict
 from ... import ipam
 from ...net import link, ns, rtnl
 from ...protocol import skel
-from ...protocol.plugin import Conf, Result, conf_field
+from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
 from .single import SingleLinkPlugin, check_container, check_prelude
 
 
@@ -24,7 +24,7 @@ class Vlan(SingleLinkPlugin):
 
     def load(self, conf: Conf) -> Dict[str, Any]:
         n = {"master": conf_field(conf, "master", str, ""), "vlanId": conf_field(conf, "vlanId", int, 0),
-             "mtu": conf_field(conf, "mtu", int, 0)}
+             "mtu": conf_field(conf, "mtu", int, 0, bounds=MTU_RANGE)}
         if not n["master"]:
             raise rtnl.fail('"master" field is required. It specifies the host interface name to create the VLAN '
                             "for.")

@@ -83,9 +83,13 @@ def _mappings(conf: Conf) -> List[PortMapping]:
             raise CNIError(spec.ERR_INVALID_CONFIG, f"Invalid protocol: {proto!r}", "use tcp, udp or sctp")
         if host_ip:
             try:
-                host_ip = str(ipaddress.ip_address(host_ip))
-            except ValueError:
+                addr = ipaddress.ip_address(host_ip)
+            except (ValueError, TypeError):
                 raise CNIError(spec.ERR_INVALID_CONFIG, f"Invalid host IP: {host_ip!r}") from None
+            if getattr(addr, "scope_id", None) is not None:  # any bytes after `%` would reach nft/iptables
+                raise CNIError(spec.ERR_INVALID_CONFIG, f"Invalid host IP: {host_ip!r}",
+                               "an IPv6 zone (scope id) is not allowed in hostIP")
+            host_ip = str(addr)
         out.append(PortMapping(hport, cport, proto.lower(), host_ip))
     return out
 

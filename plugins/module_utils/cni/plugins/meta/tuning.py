@@ -15,9 +15,9 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...net import link, ns, rtnl
-from ...protocol import skel, spec
+from ...protocol import fsutil, skel, spec
 from ...protocol.spec import CNIError
-from ...protocol.plugin import Conf, Result, conf_field, prev_result
+from ...protocol.plugin import MTU_RANGE, Conf, Result, check_range, conf_field, prev_result
 from .. import NetPlugin
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
@@ -38,7 +38,7 @@ class Tuning(NetPlugin):
         s: Dict[str, Any] = {"sysctl": sysctl,
                              "mac": conf_field(conf, "mac", str, "", "TuningConf"),
                              "promisc": conf_field(conf, "promisc", bool, False, "TuningConf"),
-                             "mtu": conf_field(conf, "mtu", int, 0, "TuningConf"),
+                             "mtu": conf_field(conf, "mtu", int, 0, "TuningConf", MTU_RANGE),
                              "allmulti": conf_field(conf, "allmulti", bool, None, "TuningConf"),
                              "dataDir": conf_field(conf, "dataDir", str, "", "TuningConf") or DEFAULT_DATA_DIR}
         env_mac = skel.load_args(ctx.args, {"MAC": str}).get("MAC")
@@ -57,8 +57,9 @@ class Tuning(NetPlugin):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in sysctl.items()):
             raise CNIError(spec.ERR_INVALID_CONFIG, "sysctl keys and values must be strings")
         s["mac"] = link.mac_arg(s["mac"], spec.ERR_INVALID_CONFIG) or s["mac"]
-        if not isinstance(s["mtu"], int) or isinstance(s["mtu"], bool) or s["mtu"] < 0:
+        if not isinstance(s["mtu"], int) or isinstance(s["mtu"], bool):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid mtu {s['mtu']!r}")
+        check_range("mtu", s["mtu"], MTU_RANGE)  # args.cni may override it past conf_field
         if ".." in s["dataDir"].split("/"):
             raise CNIError(spec.ERR_INVALID_CONFIG, f"invalid dataDir {s['dataDir']!r}")
         return s
@@ -209,12 +210,8 @@ def _original(ipr: Any, dev: Dict[str, Any], s: Dict[str, Any]) -> Dict[str, Any
 
 
 def _write_backup(path: str, data: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(json.dumps(data, indent=1))  # Go json.MarshalIndent(config, "", " ")
-    os.replace(tmp, path)
+    fsutil.state_dir(os.path.dirname(path), 0o700)
+    fsutil.write_atomic(path, json.dumps(data, indent=1).encode(), 0o600)  # Go json.MarshalIndent(config, "", " ")
 
 
 def _remove(path: str) -> None:
