@@ -18,12 +18,9 @@ description:
   - Needs the Python C(cryptography) package where it runs (a dependency of ansible-core, so it is
     there on the controller); meant for C(run_once) + C(delegate_to=localhost).
 version_added: 1.0.0
-author: cnikit maintainers (@cnikit)
 extends_documentation_fragment:
-  - cnikit.cni.attributes
+  - cnikit.cni.common
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: none
 options:
