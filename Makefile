@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=  # --ssh: reach the lab nodes over SSH (user ops, sudo) instead of nsenter
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all deps venv plugins test test-fleet test-kernel kernel-image test-routed unit imports demo overlay-scale bench lint sanity sanity-venvs clean
+.PHONY: all deps venv plugins test test-fleet test-kernel kernel-image test-routed unit imports demo overlay-scale bench bench-cluster bench-cluster-scale lint sanity sanity-venvs clean
 
 all: plugins
 
@@ -93,6 +93,15 @@ overlay-scale: deps venv plugins
 
 bench: deps venv plugins
 	tools/sandbox.sh $(PY) -m bench.run
+
+# The cluster IPAM under load (docs/cluster-state.md): 500 parallel ADDs over 3 lab nodes against
+# a real etcd, next to host-local and Go's host-local; and the simulated clients of the scaling model.
+bench-cluster: deps venv plugins
+	tools/sandbox.sh $(PY) -m bench.cluster_load --count 500 --concurrency 8 --modes agent
+	tools/sandbox.sh $(PY) -m bench.cluster_load --count 60 --concurrency 4 --modes exec
+
+bench-cluster-scale: deps venv
+	tools/sandbox.sh $(PY) -m bench.cluster_scale
 
 clean:
 	rm -rf build .venv

@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .overlay.daemon import add_parser as add_overlayd_parser  # noqa: PLC0415 - no pyroute2 at import
 
     add_overlayd_parser(sub)  # `cnikit overlayd`: the overlay node daemon (docs/overlay.md)
+    cip = sub.add_parser("cluster-ipam", help="list / reclaim the cnikit-cluster IPAM's leases in etcd "
+                                              "(docs/cluster-state.md)")
+    cip.add_argument("action", choices=("list", "reclaim"))
+    cip.add_argument("--conf", required=True, help="a network config or conflist using ipam type cnikit-cluster")
+    cip.add_argument("--node", default="", help="reclaim: the node that is gone (required)")
     renew = sub.add_parser("dhcp-renew", help="renew the dhcp IPAM plugin's leases (the Go dhcp daemon's role)")
     renew.add_argument("--once", action="store_true", help="one pass; print each lease's state")
     renew.add_argument("--interval", type=float, default=30.0, help="longest sleep between passes (s)")
@@ -151,6 +156,10 @@ def main(argv: List[str]) -> int:
             from .overlay import daemon  # noqa: PLC0415
 
             return daemon.main(args)
+        if args.cmd == "cluster-ipam":
+            from ..ipam import cluster  # noqa: PLC0415 - loads etcd3gw only when used
+
+            return cluster.cli_main(args)
         if args.cmd == "dhcp-renew":
             from ..ipam import dhcp  # noqa: PLC0415 - docs/ipam.md
 

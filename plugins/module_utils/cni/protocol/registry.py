@@ -25,6 +25,7 @@ PLUGINS: Dict[str, Tuple[str, str]] = {
     "host-local": ("ipam.host_local", "HostLocal"),
     "static": ("ipam.static", "Static"),
     "dhcp": ("ipam.dhcp", "Dhcp"),
+    "cnikit-cluster": ("ipam.cluster", "ClusterIpam"),
 }
 
 
