@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         bridge, dummy, host_device, ipvlan, loopback, macvlan, ptp, routed, tap, vlan)
     from ansible_collections.cnikit.cni.plugins.module_utils.cni.plugins.meta import (  # noqa: F401 pylint: disable=unused-import
         bandwidth, firewall, portmap, sbr, tuning, vrf)
-    from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
+    from ansible_collections.cnikit.cni.plugins.module_utils.cni.ipam import cluster, dhcp, host_local, static  # noqa: F401 pylint: disable=unused-import
 
 
 # The argument spec of doc fragment cnikit.cni.link: one interface's netns, MTU, MAC, addresses,

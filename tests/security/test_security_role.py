@@ -74,12 +74,46 @@ def test_agent_unit_sets_a_descriptor_limit():
     assert limits and int(limits[0].split("=")[1]) >= 4096
 
 
-def test_process_mode_signals_only_the_agent():
-    """A stale pidfile's pid is signalled only when its command line is the agent's (L7)."""
+def _agent_start_script(tmp_path, pidfile: str) -> str:
+    """The role's process-mode task, rendered as Ansible would in check mode (it stops after the
+    stale-agent handling, before starting anything)."""
+    import jinja2  # noqa: PLC0415
     import yaml  # noqa: PLC0415
 
     with open(os.path.join(cnitest.ROOT, "roles", "cni_plugins", "tasks", "agent.yml"), encoding="utf-8") as fh:
         tasks = yaml.safe_load(fh)
     (script,) = [t["ansible.builtin.shell"]["cmd"] for t in tasks if t.get("name") == "Run the node agent as a background process"]
-    kill_at = script.index('kill "$pid"')
-    assert "/proc/$pid/cmdline" in script[:kill_at] and "cnikit agent" in script[:kill_at]
+    env = jinja2.Environment()
+    env.filters["quote"] = lambda v: "'" + str(v).replace("'", "'\\''") + "'"
+    return env.from_string(script).render(
+        _cni_plugins_agent_socket=str(tmp_path / "no.sock"), _cni_plugins_agent_pidfile=pidfile,
+        _cni_plugins_activate={"release": "1.1.0-new000000000"}, cni_plugins_bin_dir=str(tmp_path),
+        ansible_check_mode=True)
+
+
+def test_process_mode_signals_only_the_agent(tmp_path):
+    """A stale pidfile's pid is signalled only when its command line is the agent's (L7): a reused pid
+    belonging to anything else survives; a stale agent of another release is stopped."""
+    import sys  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    other = subprocess.Popen(["sleep", "60"])
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cnikit", "agent"])
+    reaper = threading.Thread(target=agent.wait, daemon=True)  # as init would: no zombie for kill -0 to see
+    reaper.start()
+    try:
+        for proc in (other, agent):
+            pidfile = tmp_path / f"pid{proc.pid}"
+            pidfile.write_text(f"{proc.pid} 1.1.0-old000000000\n")
+            run = subprocess.run(["/bin/sh", "-c", _agent_start_script(tmp_path, str(pidfile))],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            assert run.returncode == 0, run.stdout + run.stderr
+        time.sleep(0.2)
+        assert other.poll() is None  # not the agent: never signalled
+        reaper.join(timeout=10)
+        assert agent.returncode is not None  # the stale agent was stopped
+    finally:
+        for proc in (other, agent):
+            proc.kill()
+            proc.wait()
