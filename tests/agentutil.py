@@ -20,13 +20,13 @@ class Agent:
     """`cnikit agent --socket SOCK --cni-path <dir of SOCK>` (or `cni_path`), up and listening."""
 
     def __init__(self, sock: str, env: Optional[dict] = None, cni_path: Optional[List[str]] = None,
-                 prefix: Tuple[str, ...] = ()) -> None:
+                 prefix: Tuple[str, ...] = (), pass_fds: Tuple[int, ...] = ()) -> None:
         self.sock = sock
         self.log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty agent never blocks on it
         dirs = ":".join(cni_path if cni_path is not None else [os.path.dirname(sock)])
         self.proc = subprocess.Popen([*prefix, PY, "-I", "-c", ENGINE, cnitest.LIB, "cnikit", "agent",
                                       "--socket", sock, "--cni-path", dirs],
-                                     env=dict(os.environ, **(env or {})), stderr=self.log)
+                                     env=dict(os.environ, **(env or {})), stderr=self.log, pass_fds=pass_fds)
         deadline = time.monotonic() + 30
         while not agent_mod.alive(sock):
             assert self.proc.poll() is None, self.read_log()

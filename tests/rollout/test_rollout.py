@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -156,6 +158,85 @@ def test_misspelt_choice_fails_before_any_node_changes(lab3, lab_state):
     result = site(lab_state, "-e", "cni_plugins_agent=sytemd")
     assert result.rc != 0
     text = " ".join(result.output.split())
-    assert "value of cni_plugins_agent must be one of: , process, systemd, got: sytemd" in text, text[-3000:]
+    assert "value of cni_plugins_agent must be one of: systemd, process, none, , got: sytemd" in text, text[-3000:]
     assert "Install the CNI plugins" not in text
     assert snapshot(lab3) == before
+
+
+def _served(pid, at_least=0, deadline=20.0):
+    """The agent's request count: SIGUSR1 makes it log `served N requests` (a worker counts just
+    after its reply, so ask again until the count reaches `at_least`)."""
+    end = time.monotonic() + deadline
+    while True:
+        lab.run_in(pid, ["sh", "-c", "read -r p v < /run/cni/cnikit-agent.pid && kill -USR1 $p"])
+        time.sleep(0.2)
+        log = lab.run_in(pid, ["cat", "/run/cni/cnikit-agent.log"]).stdout
+        counts = [int(line.split("served ", 1)[1].split()[0]) for line in log.splitlines() if " served " in line]
+        if counts and counts[-1] >= at_least:
+            return counts[-1]
+        assert time.monotonic() < end, log[-2000:]
+
+
+def test_default_rollout_answers_an_add_through_the_agent(lab3, lab_state):
+    """issue 14: with no extra variables a node runs the agent (the lab has no systemd: the socket
+    unit pair is written and enabled, the role supervises the agent as a process), and a plugin
+    call is served by it - counted by the agent itself, not inferred from a successful ADD."""
+    result = site(lab_state)
+    assert result.rc == 0, result.output[-4000:]
+    pid = lab3["nodes"][1]["pid"]
+    units = lab.run_in(pid, ["sh", "-c", "readlink /etc/systemd/system/sockets.target.wants/cnikit-agent.socket "
+                                         "/etc/systemd/system/multi-user.target.wants/cnikit-agent.service; "
+                                         "grep ListenStream= /etc/systemd/system/cnikit-agent.socket; "
+                                         "test -S /run/cni/cnikit.sock && echo socket"]).stdout.split()
+    assert units == ["/etc/systemd/system/cnikit-agent.socket", "/etc/systemd/system/cnikit-agent.service",
+                     "ListenStream=/run/cni/cnikit.sock", "socket"], units
+    before = _served(pid)
+    lab.run_in(pid, ["ip", "netns", "add", "agentpod"])
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "agenttest", "type": "macvlan", "master": "ens33",
+                       "ipam": {"type": "host-local", "subnet": "192.168.80.0/24", "rangeStart": "192.168.80.170",
+                                "rangeEnd": "192.168.80.179"}})
+    env = ["env", "CNI_CONTAINERID=agentpod", "CNI_NETNS=/run/netns/agentpod", "CNI_IFNAME=eth0", "CNI_PATH=/opt/cni/bin"]
+    add = subprocess.run(lab.nsenter(pid, env + ["CNI_COMMAND=ADD", "/opt/cni/bin/macvlan"]), input=conf, text=True,
+                         capture_output=True, check=False)
+    assert add.returncode == 0, add.stdout + add.stderr
+    assert json.loads(add.stdout)["ips"][0]["address"].startswith("192.168.80.17")
+    # at least macvlan's request (its host-local delegation may come back through the agent as a second one)
+    assert _served(pid, before + 1) >= before + 1
+    delete = subprocess.run(lab.nsenter(pid, env + ["CNI_COMMAND=DEL", "/opt/cni/bin/macvlan"]), input=conf, text=True,
+                            capture_output=True, check=False)
+    assert delete.returncode == 0, delete.stdout + delete.stderr
+    lab.run_in(pid, ["ip", "netns", "del", "agentpod"])
+
+
+def _render_agent_units(dest):
+    """The role's two agent unit templates rendered with its defaults and vars, into `dest`."""
+    import jinja2  # noqa: PLC0415 - ansible-core's own dependency
+
+    role = os.path.join(ROOT, "roles", "cni_plugins")
+    with open(os.path.join(role, "defaults", "main.yml"), encoding="utf-8") as fh:
+        context = yaml.safe_load(fh)
+    with open(os.path.join(role, "vars", "main.yml"), encoding="utf-8") as fh:
+        context.update(yaml.safe_load(fh))
+    context["_cni_plugins_activate"] = {"release": "1.1.0-0123456789ab"}
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(role, "templates")),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    for unit in ("cnikit-agent.socket", "cnikit-agent.service"):
+        with open(os.path.join(dest, unit), "w", encoding="utf-8") as fh:
+            fh.write(env.get_template(unit + ".j2").render(context))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed here")
+def test_agent_units_pass_systemd_analyze_verify(tmp_path):
+    """The socket unit and the service it activates, as the role writes them (systemd-analyze verify
+    needs no systemd as PID 1)."""
+    _render_agent_units(str(tmp_path))
+    pair = subprocess.run(["systemd-analyze", "verify", "./cnikit-agent.socket", "./cnikit-agent.service"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert pair.returncode == 0 and "cnikit-agent" not in pair.stdout + pair.stderr, pair.stdout + pair.stderr
+    # and verify does look: the socket without its service is an error
+    os.unlink(tmp_path / "cnikit-agent.service")
+    alone = subprocess.run(["systemd-analyze", "verify", "./cnikit-agent.socket"], cwd=tmp_path,
+                           capture_output=True, text=True, check=False)
+    assert alone.returncode != 0 and "cnikit-agent.service not loaded" in alone.stdout + alone.stderr
+    socket_unit = (tmp_path / "cnikit-agent.socket").read_text()
+    assert "ListenStream=/run/cni/cnikit.sock" in socket_unit and "SocketMode=0600" in socket_unit

@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -287,3 +288,60 @@ def test_a_relay_that_gave_up_never_has_its_request_run(work, agents):
     assert leases(work) == []
     assert "the relay gave up" in running.stop()
 
+
+
+# --- socket activation (cnikit-agent.socket: the sd_listen_fds protocol) -------------------------
+
+def unit_socket(path: str, mode: int) -> socket.socket:
+    """What systemd does for ListenStream=path SocketMode=mode: bind, chmod, listen."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, mode)
+    sock.listen(16)
+    return sock
+
+
+def activated(work: str, sock: socket.socket, **kw) -> Agent:
+    """The agent started as systemd starts cnikit-agent.service: the socket on fd 3, LISTEN_PID = its
+    pid (bash execs the agent, so its $$ is the agent's pid; dash has no fd numbers above 9), LISTEN_FDS=1."""
+    fd = sock.fileno()
+    prefix = ("bash", "-c", f'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$@" 3<&{fd} {fd}<&-', "sh")
+    return Agent(os.path.join(work, "agent.sock"), prefix=prefix, pass_fds=(fd,), **kw)
+
+
+def test_agent_serves_the_socket_a_socket_unit_passed(work):
+    path = os.path.join(work, "agent.sock")
+    listener = unit_socket(path, 0o600)
+    ino = os.stat(path).st_ino
+    running = activated(work, listener)
+    listener.close()  # only the agent holds it now (as systemd would keep it too: no difference here)
+    try:
+        bdir = os.path.join(work, "bin")
+        # the executables' in-process fallback cannot run (no such python): a success is the agent's
+        installer.write_executables(bdir, "/nonexistent/python3", cnitest.LIB, ["host-local"], socket=path)
+        for i in range(3):
+            name, env, stdin = host_local_request(work, f"act{i}")
+            assert cnitest.exec_plugin(os.path.join(bdir, name), env, stdin).rc == 0, running.read_log()
+        assert len(leases(work)) == 3
+        deadline = time.monotonic() + 10
+        while "served 3 requests" not in running.read_log():  # a worker counts just after its reply
+            assert time.monotonic() < deadline, running.read_log()
+            os.kill(running.proc.pid, signal.SIGUSR1)
+            time.sleep(0.1)
+    finally:
+        log = running.stop()
+    assert "(socket from the socket unit)" in log, log
+    assert os.stat(path).st_ino == ino  # the unit's socket: never replaced, never unlinked by the agent
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o660])
+def test_agent_refuses_a_passed_socket_others_may_connect_to(work, mode):
+    path = os.path.join(work, "agent.sock")
+    listener = unit_socket(path, mode)
+    fd = listener.fileno()
+    proc = subprocess.run(["bash", "-c", f'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$@" 3<&{fd} {fd}<&-', "sh",
+                           PY, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from cni.node.main import main; "
+                           "sys.exit(main(sys.argv[2:]))", cnitest.LIB, "cnikit", "agent", "--socket", path,
+                           "--cni-path", work], pass_fds=(fd,), capture_output=True, text=True, timeout=60, check=False)
+    listener.close()
+    assert proc.returncode != 0 and "SocketMode=0600" in proc.stderr, proc.stderr

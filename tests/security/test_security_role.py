@@ -65,11 +65,8 @@ def test_prune_keeps_what_is_not_an_engine_release(sandbox, tmp_path):
 
 def test_agent_unit_sets_a_descriptor_limit():
     """The systemd unit gives the agent room for many connections (it raises its soft limit to it)."""
-    import yaml  # noqa: PLC0415
-
-    with open(os.path.join(cnitest.ROOT, "roles", "cni_plugins", "tasks", "agent.yml"), encoding="utf-8") as fh:
-        tasks = yaml.safe_load(fh)
-    (unit,) = [t["ansible.builtin.copy"]["content"] for t in tasks if t.get("name") == "The node agent's systemd unit"]
+    with open(os.path.join(cnitest.ROOT, "roles", "cni_plugins", "templates", "cnikit-agent.service.j2"), encoding="utf-8") as fh:
+        unit = fh.read()
     limits = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert limits and int(limits[0].split("=")[1]) >= 4096
 

@@ -160,9 +160,9 @@ def encode_reply(rc: int, out: str, err: str) -> bytes:
 Request = Tuple[str, Dict[str, str], bytes]
 
 
-def handle(conn: socket.socket, request: Request) -> None:
+def handle(conn: socket.socket, request: Request) -> bool:
     """Acknowledge, wait for the relay's go (it may have given up on us: then nothing is run, so the
-    request never runs twice), run, reply."""
+    request never runs twice), run, reply. True when it ran."""
     name, env, stdin = request
     with conn:
         try:
@@ -171,16 +171,17 @@ def handle(conn: socket.socket, request: Request) -> None:
             conn.sendall(b"+")
             if conn.recv(1) != b"!":
                 log_limited("late", f"{name} {env.get('CNI_COMMAND', '')}: the relay gave up before the acknowledgement; not run")
-                return
+                return False
             conn.settimeout(None)
         except OSError as exc:
             log_limited("drop", f"dropped a request: {exc}")
-            return
+            return False
         reply = encode_reply(*run(name, env, stdin))
         try:
             conn.sendall(reply)
         except OSError as exc:  # the relay went away (killed by its runtime): the work stands
             log(f"could not reply to {name} {env.get('CNI_COMMAND', '')}: {exc}")
+        return True
 
 
 class Workers:
@@ -197,6 +198,7 @@ class Workers:
         self.idle = 0  # idle workers not yet promised a job
         self.threads: Set[threading.Thread] = set()
         self.home = ns.thread_netns_id()  # where every idle worker must be
+        self.served = 0  # requests run (SIGUSR1 logs it)
 
     def submit(self, conn: socket.socket, request: Request) -> bool:
         """Hand the request to a worker; False (nothing taken) when `limit` workers are busy."""
@@ -217,7 +219,9 @@ class Workers:
             job = self.jobs.get()
             if job is None:
                 return
-            handle(*job)
+            if handle(*job):
+                with self.lock:
+                    self.served += 1
             stray = ns.thread_netns_id() != self.home
             if stray:  # it could not switch back from a container's netns: never reuse it
                 log("a worker was left in another network namespace; discarded")
@@ -363,6 +367,43 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first inherited descriptor
+
+
+def inherited(path: str) -> Optional[socket.socket]:
+    """The listening socket a socket unit (cnikit-agent.socket) handed us, by the sd_listen_fds
+    protocol: LISTEN_PID is our pid and LISTEN_FDS >= 1; the variables are unset so no child of ours
+    takes the descriptor for its own. None when nothing was passed. The passed socket must be a
+    listening unix stream socket bound to `path` in a safe directory (the same rules as listen()):
+    anything else is a misconfigured unit, refused with an error rather than served."""
+    pid, fds = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if not fds or pid != str(os.getpid()):
+        return None
+    if not fds.isdigit() or int(fds) != 1:
+        raise CNIError(spec.ERR_INTERNAL, f"expected one socket from the socket unit, got LISTEN_FDS={fds!r}")
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as exc:
+        raise CNIError(spec.ERR_INTERNAL, f"LISTEN_FDS=1 but descriptor {SD_LISTEN_FDS_START} is no socket: {exc}") from exc
+    os.set_inheritable(sock.fileno(), False)
+    bound = sock.getsockname() if sock.family == socket.AF_UNIX else None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.type != socket.SOCK_STREAM or not listening or bound != path:
+        sock.close()
+        raise CNIError(spec.ERR_INTERNAL, f"the inherited socket is not a listening unix stream socket on {path} "
+                                          f"(bound to {bound!r}); check ListenStream= in cnikit-agent.socket")
+    why = fsutil.unsafe_dir(os.path.dirname(path) or ".")
+    if why:
+        sock.close()
+        raise CNIError(spec.ERR_INTERNAL, f"refusing to serve on {path}: {why}")
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:  # a socket unit without SocketMode=0600: let only the peer check stand between
+        sock.close()
+        raise CNIError(spec.ERR_INTERNAL, f"refusing to serve on {path}: mode {mode:o} (SocketMode=0600 in the socket unit)")
+    return sock
+
+
 def raise_fd_limit() -> None:
     """Soft RLIMIT_NOFILE up to the hard one: idle connections cost a descriptor each."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -416,7 +457,8 @@ def serve(path: str = DEFAULT_SOCKET, cni_path: Optional[List[str]] = None) -> i
     broken = warm()
     if broken:
         log("plugins not loadable (their calls will fail): " + "; ".join(broken))
-    sock = listen(path)
+    passed = inherited(path)
+    sock = passed or listen(path)
     sock.setblocking(False)
     ident = os.stat(path).st_ino
 
@@ -425,8 +467,9 @@ def serve(path: str = DEFAULT_SOCKET, cni_path: Optional[List[str]] = None) -> i
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log(f"listening on {path}; plugin dirs {':'.join(trusted) or '(none)'}")
+    log(f"listening on {path}{' (socket from the socket unit)' if passed else ''}; plugin dirs {':'.join(trusted) or '(none)'}")
     workers = Workers()
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: log(f"served {workers.served} requests"))
     inbox = Inbox()
     inbox.sel.register(sock, selectors.EVENT_READ)
     try:
@@ -446,8 +489,8 @@ def serve(path: str = DEFAULT_SOCKET, cni_path: Optional[List[str]] = None) -> i
     finally:
         sock.close()
         inbox.close()
-        try:  # only our own socket: a newer agent may already have replaced it
-            if os.stat(path).st_ino == ident:
+        try:  # only our own socket (a newer agent may already have replaced it; a socket unit keeps its own)
+            if not passed and os.stat(path).st_ino == ident:
                 os.unlink(path)
         except FileNotFoundError:
             pass
