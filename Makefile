@@ -53,11 +53,10 @@ sanity: venv sanity-venvs
 lint: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_packaging.py -k lint $(PYTEST_ARGS)
 
-# The whole suite, inside the sandbox; then the stock-kernel part in a qemu guest when qemu is there.
-# The fleet's lifecycle (upgrade under load, rollback, reboot: ~3 min idle) is `make test-fleet`; the
-# fleet install/coexistence/reset over SSH is in here.
+# The whole suite, inside the sandbox (the SSH lab fleet's install, coexistence, reset, upgrade under
+# load, rollback and reboot included); then the stock-kernel part in a qemu guest when qemu is there.
 test: deps venv plugins sanity-venvs
-	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/rollout/test_fleet_lifecycle.py $(PYTEST_ARGS)
+	tools/sandbox.sh $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 	@if command -v qemu-system-x86_64 >/dev/null; then $(MAKE) --no-print-directory test-kernel; \
 	else echo "make test: no qemu-system-x86_64, stock-kernel tests not run (make deps installs it)"; fi
 
