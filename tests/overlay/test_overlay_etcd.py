@@ -46,6 +46,17 @@ def daemon_log(pid):
     return lab.run_in(pid, ["cat", "/run/cnikit/overlayd.log"], check=False).stdout
 
 
+def join_all(env):
+    """`--once` passes on every node (the first holds its lease, the second sees all), then the
+    live daemon on the first."""
+    for n in list(env["nodes"]) * 2:
+        ov.overlayd(n["pid"], "--once")
+    a = env["nodes"][0]
+    if lab.run_in(a["pid"], ["sh", "-c", "kill -0 $(cat /run/cnikit/overlayd.pid)"], check=False).returncode:
+        ov.start_daemon(a["pid"])
+    ov.wait_for(lambda: status(a["pid"]).get("leases") == 3 and "holding subnet" in daemon_log(a["pid"]), 20)
+
+
 def assert_exact_entries(node, leases):
     """Per peer exactly its route, ARP and FDB entry (the seed's three), nothing else of ours."""
     others = [le for le in leases.values() if le.node != node["name"]]
@@ -96,8 +107,7 @@ def test_nodes_acquire_subnets_and_program_three_entries_per_peer(env):
 
 def test_a_lease_removed_in_etcd_takes_its_entries_away(env):
     a, b, c = env["nodes"]
-    ov.start_daemon(a["pid"])  # a live daemon: follows the etcd watch
-    ov.wait_for(lambda: status(a["pid"]).get("leases") == 3 and "holding subnet" in daemon_log(a["pid"]), 20)
+    join_all(env)  # a's live daemon follows the etcd watch
     gone = etcd_leases(env)["10.244.3.0-24"]
     removed_at = time.time()
     etcdctl(env, "del", PREFIX + "10.244.3.0-24")
@@ -116,8 +126,7 @@ def test_a_lease_removed_in_etcd_takes_its_entries_away(env):
 def test_etcd_stopped_keeps_the_last_good_state(env):
     nodes, etcd = env["nodes"], env["etcd"]
     a, b = nodes[0], nodes[1]
-    for n in nodes[1:]:
-        ov.overlayd(n["pid"], "--once")
+    join_all(env)
     snapshot = [ov.entries(n["pid"]) for n in nodes]
     assert [counts(n["pid"]) for n in nodes] == [(2, 2, 2)] * 3
     etcd.stop()
