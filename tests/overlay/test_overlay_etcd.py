@@ -27,9 +27,13 @@ def etcdctl(env, *args, check=True):
     return lab.run_in(env["nodes"][1]["pid"], argv, check=check)
 
 
-def etcd_leases(env):
+def etcd_records(env):
     out = etcdctl(env, "get", "--prefix", PREFIX).stdout.splitlines()
-    return {k[len(PREFIX):]: parse(k[len(PREFIX):], v) for k, v in zip(out[::2], out[1::2])}
+    return {k[len(PREFIX):]: v for k, v in zip(out[::2], out[1::2])}
+
+
+def etcd_leases(env):
+    return {k: parse(k, v) for k, v in etcd_records(env).items()}
 
 
 def counts(pid):
@@ -94,7 +98,9 @@ def test_nodes_acquire_subnets_and_program_three_entries_per_peer(env):
     leases = etcd_leases(env)
     assert sorted((le.node, str(le.subnet), str(le.public_ip), le.vni) for le in leases.values()) == [
         (n["name"], f"10.244.{i + 1}.0/24", n["ip"], 1) for i, n in enumerate(nodes)]
-    assert all(le.vtep_mac == f"0e:c1:0a:f4:0{i + 1}:00" for i, le in enumerate(leases.values()))
+    # the record itself carries the subnet-derived VTEP MAC (parse would derive a missing one)
+    assert [json.loads(v)["BackendData"] for v in etcd_records(env).values()] == [
+        {"VNI": 1, "VtepMAC": f"0e:c1:0a:f4:0{i + 1}:00"} for i in range(3)]
     again = [ov.overlayd(n["pid"], "--once") for n in nodes]
     for n, st in zip(nodes, again):
         assert st["leases"] == 3 and st["entries"] == {"routes": 2, "neighbours": 2, "fdb": 2}
@@ -140,3 +146,14 @@ def test_etcd_stopped_keeps_the_last_good_state(env):
         etcd.start(wait=False)
     ov.wait_for(lambda: "lease source back" in daemon_log(a["pid"]), 20, step=0.2)
     assert [ov.entries(n["pid"]) for n in nodes] == snapshot
+
+
+def test_remove_releases_the_nodes_subnet_in_etcd(env):
+    a, b, c = env["nodes"]
+    join_all(env)
+    out = ov.overlayd(c["pid"], "--remove")
+    assert out["released"] is True and out["removed"] > 0, out
+    assert "10.244.3.0-24" not in etcd_leases(env) and len(etcd_leases(env)) == 2
+    assert "flannel.1" not in lab.run_in(c["pid"], ["ip", "link"]).stdout
+    ov.wait_for(lambda: counts(a["pid"]) == (1, 1, 1), 10, step=0.05)  # peers drop it
+    assert ov.overlayd(c["pid"], "--remove")["released"] is False  # twice: nothing left to give back
