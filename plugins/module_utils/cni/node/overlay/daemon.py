@@ -198,7 +198,7 @@ class Daemon:
         now = time.time()
         if changes["added"] or changes["removed"] or self.changed_at is None:
             self.changed_at = now
-        status = {"node": self.cfg.node, "subnet": str(own.subnet), "backend": self.cfg.backend.kind,
+        status = {"node": self.cfg.node, "subnet": str(own.subnet), "gateway": str(own.gateway), "backend": self.cfg.backend.kind,
                   "mtu": node.mtu, "leases": len(leases), "entries": want.counts(), "refused": refused,
                   "changes": changes, "full": full, "reconcile_ms": round(took * 1000, 2), "at": now,
                   "changed_at": self.changed_at}  # when the kernel last had to change (a join, a leave)
@@ -231,7 +231,7 @@ class Daemon:
         want, refused = datapath.desired(own, leases.values(), self.cfg.backend, node)
         have = datapath.current(ipr, node) if dev or not has_dev else datapath.Entries()
         device_ok = not has_dev or (dev is not None and dev["mtu"] == mtu)
-        return {"node": self.cfg.node, "subnet": str(own.subnet), "mtu": mtu, "refused": refused,
+        return {"node": self.cfg.node, "subnet": str(own.subnet), "gateway": str(own.gateway), "mtu": mtu, "refused": refused,
                 "changes": {"added": len(want.routes - have.routes) + len(want.fdb - have.fdb)
                             + len(want.neighbours - have.neighbours),
                             "removed": len(have.routes - want.routes) + len(have.fdb - want.fdb)
