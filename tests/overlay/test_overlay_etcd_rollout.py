@@ -1,6 +1,6 @@
-"""site.yml with cni_pod_network=overlay and overlay_lease_source=etcd on a 3-node lab: the etcd role
-runs members on the nodes, every node's daemon acquires its subnet in etcd, the pods' conflist uses
-that subnet, pods ping across nodes, a re-run changes nothing, and the reset releases every key."""
+"""site.yml with cni_pod_network=overlay and overlay_lease_source=etcd on a 3-node lab: check mode on
+the fresh lab changes nothing; the etcd role runs members on the nodes, every node's daemon acquires its subnet in etcd, the pods' conflist uses
+that subnet, pods ping across nodes, a re-run and a check-mode run change nothing, and the reset releases every key."""
 from __future__ import annotations
 
 import json
@@ -48,6 +48,11 @@ def test_overlay_on_etcd_leases_rollout_rerun_and_reset(lab_state, engine, tmp_p
     state = lab.up(3, path=lab_state)
     nodes = state["nodes"]
     pki = str(tmp_path_factory.mktemp("etcd-pki"))
+    fresh = site(lab_state, engine, pki, "--check")  # no etcd, no config yet: reports, changes nothing
+    assert fresh.rc == 0 and fresh.changed > 0, fresh.output[-4000:]
+    for n in nodes:
+        assert lab.run_in(n["pid"], ["test", "-e", ov.CONF], check=False).returncode != 0
+        assert "flannel.1" not in lab.run_in(n["pid"], ["ip", "-br", "link"]).stdout
     first = site(lab_state, engine, pki)
     assert first.rc == 0, first.output[-4000:]
     held = etcd_subnets(nodes[0])
@@ -74,6 +79,8 @@ def test_overlay_on_etcd_leases_rollout_rerun_and_reset(lab_state, engine, tmp_p
     again = site(lab_state, engine, pki)
     assert again.rc == 0 and again.changed == 0, again.output[-4000:]
     assert etcd_subnets(nodes[0]) == held  # same subnets
+    check = site(lab_state, engine, pki, "--check")  # --check reads the node's lease, writes nothing
+    assert check.rc == 0 and check.changed == 0, check.output[-4000:]
 
     for n in nodes:
         lab.run_in(n["pid"], ["sh", "-c", f"{env} /opt/cni/bin/cnikit net del overlay /run/netns/p1 && ip netns del p1"])
