@@ -109,8 +109,8 @@ class NodeSubnet:
     def _keep(self) -> None:
         if self.keepalive is not None:
             self.keepalive.stop()
-        assert self.lease is not None
-        self.keepalive = KeepAlive(self.conf, self.lease.lease_id, self.ttl)
+        if self.lease is not None:
+            self.keepalive = KeepAlive(self.conf, self.lease.lease_id, self.ttl)
 
     def ensure(self, leases: Dict[str, Lease]) -> bool:
         """Re-acquire when the lease was lost; True when it did (the lease set changed)."""
