@@ -8,7 +8,8 @@ reads the whole set from a `LeaseSource`; two sources share that one interface:
 - `DirLeaseSource`: a directory with one `<key>.json` file per lease. Without etcd the role writes
   every node's lease (planned from the inventory) into it; in the lab one shared directory plays
   etcd's key space (a file appears = a node joins).
-- an etcd source (`/coreos.com/network/subnets/<key>`) plugs in behind the same two methods.
+- `etcd_leases.EtcdLeaseSource`: the node subnet leases in etcd (`<prefix>/network/subnets/<key>`,
+  subnets.py), listed and watched behind the same two methods.
 
 `leases()` raises `LeaseSourceError` when the source cannot be read (an outage): the caller keeps
 its last good set. Pure except for the directory reads; no netlink.

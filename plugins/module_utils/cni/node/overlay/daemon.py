@@ -22,7 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from ...cluster.client import Client, EtcdConfig
+from ...cluster.etcd_leases import EtcdLeaseSource, NodeSubnet
 from ...cluster.leases import DirLeaseSource, Lease, LeaseError, LeaseSource, LeaseSourceError
+from ...cluster.subnets import DEFAULT_TTL as DEFAULT_LEASE_TTL
+from ...protocol.spec import CNIError
 from ...net import link
 from ...net.rtnl import rtnl
 from . import datapath, udp
@@ -36,10 +40,17 @@ class Config:
     node: str
     cluster_cidr: str
     backend: datapath.Backend
-    lease_dir: str
+    lease_dir: str = ""
     run_dir: str = DEFAULT_RUN_DIR
     masquerade: bool = True
     resync: float = 30.0
+    # lease_source "etcd": the node's own lease is acquired and kept in etcd (`public_ip` is what
+    # peers send to), every lease is read from there; "dir": leases are files in lease_dir.
+    lease_source: str = "dir"
+    etcd: Optional[Dict[str, Any]] = None
+    public_ip: str = ""
+    subnet_len: int = 24
+    lease_ttl: int = DEFAULT_LEASE_TTL
 
     @classmethod
     def load(cls, path: str) -> "Config":
@@ -49,13 +60,29 @@ class Config:
             b = doc.get("backend") or {}
             kind = str(b.get("type", "vxlan"))
             port = int(b.get("port") or (udp.DEFAULT_PORT if kind == datapath.UDP else 8472))
+            source = str(doc.get("lease_source", "dir"))
+            if source not in ("dir", "etcd"):
+                raise ValueError(f"lease_source {source!r} is not dir or etcd")
+            if source == "dir" and not doc.get("lease_dir"):
+                raise KeyError("lease_dir")
+            if source == "etcd":
+                for key in ("etcd", "public_ip"):
+                    if not doc.get(key):
+                        raise ValueError(f"lease_source etcd needs {key!r}")
+                EtcdConfig.from_dict(doc["etcd"], "etcd")  # fail here, with the key named
             return cls(node=str(doc["node"]), cluster_cidr=str(doc["cluster_cidr"]),
                        backend=datapath.Backend(kind, int(b.get("vni", 1)), port, str(b.get("uplink", "")),
                                                 str(doc["cluster_cidr"])),
-                       lease_dir=str(doc["lease_dir"]), run_dir=str(doc.get("run_dir", DEFAULT_RUN_DIR)),
-                       masquerade=bool(doc.get("masquerade", True)), resync=float(doc.get("resync", 30.0)))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                       lease_dir=str(doc.get("lease_dir", "")), run_dir=str(doc.get("run_dir", DEFAULT_RUN_DIR)),
+                       masquerade=bool(doc.get("masquerade", True)), resync=float(doc.get("resync", 30.0)),
+                       lease_source=source, etcd=doc.get("etcd"), public_ip=str(doc.get("public_ip", "")),
+                       subnet_len=int(doc.get("subnet_len", 24)),
+                       lease_ttl=int(doc.get("lease_ttl", DEFAULT_LEASE_TTL)))
+        except (OSError, ValueError, KeyError, TypeError, CNIError) as exc:
             raise SystemExit(f"overlayd: cannot use config {path}: {exc}") from None
+
+    def etcd_config(self) -> EtcdConfig:
+        return EtcdConfig.from_dict(self.etcd, "etcd")
 
 
 def log(msg: str) -> None:
@@ -91,9 +118,10 @@ def subnet_env(cfg: Config, own: Lease, mtu: int) -> str:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, source: Optional[LeaseSource] = None) -> None:
+    def __init__(self, cfg: Config, source: Optional[LeaseSource] = None, own: Optional[NodeSubnet] = None) -> None:
         self.cfg = cfg
         self.source = source or DirLeaseSource(cfg.lease_dir)
+        self.own_subnet = own  # etcd: this node's lease, (re-)acquired by the daemon itself
         self.last: Optional[Dict[str, Lease]] = None
         self.error: Optional[str] = None
         self.stop = False
@@ -114,6 +142,15 @@ class Daemon:
                 log(f"lease source unavailable, keeping the last good state: {exc}")
             self.error = str(exc)
             return None
+        if self.own_subnet is not None and not check:
+            try:
+                if self.own_subnet.ensure(leases):
+                    log(f"holding subnet {self.own_subnet.lease.subnet} in etcd")  # type: ignore[union-attr]
+                    leases = self.source.leases()
+            except (CNIError, LeaseSourceError, LeaseError) as exc:
+                log(f"cannot acquire this node's subnet lease yet: {exc}")
+                self.error = str(exc)
+                return None
         if self.error:
             log("lease source back")
             self.error = None
@@ -161,7 +198,7 @@ class Daemon:
         now = time.time()
         if changes["added"] or changes["removed"] or self.changed_at is None:
             self.changed_at = now
-        status = {"node": self.cfg.node, "subnet": str(own.subnet), "backend": self.cfg.backend.kind,
+        status = {"node": self.cfg.node, "subnet": str(own.subnet), "gateway": str(own.gateway), "backend": self.cfg.backend.kind,
                   "mtu": node.mtu, "leases": len(leases), "entries": want.counts(), "refused": refused,
                   "changes": changes, "full": full, "reconcile_ms": round(took * 1000, 2), "at": now,
                   "changed_at": self.changed_at}  # when the kernel last had to change (a join, a leave)
@@ -174,6 +211,15 @@ class Daemon:
             self.ipr.close()
             self.ipr = None
 
+    def shutdown(self) -> None:
+        """Close everything; an etcd lease stays (its TTL outlives a restart: same subnet after it)."""
+        self.close()
+        if self.own_subnet is not None:
+            self.own_subnet.close()
+        if isinstance(self.source, EtcdLeaseSource):
+            self.source.close()
+            self.source.client.close()
+
     def _check(self, ipr: Any, own: Lease, leases: Dict[str, Lease]) -> Dict[str, Any]:
         """What a reconcile would change, touching nothing (a missing device: every entry is new)."""
         has_dev = self.cfg.backend.kind in (datapath.VXLAN, datapath.UDP)
@@ -185,7 +231,7 @@ class Daemon:
         want, refused = datapath.desired(own, leases.values(), self.cfg.backend, node)
         have = datapath.current(ipr, node) if dev or not has_dev else datapath.Entries()
         device_ok = not has_dev or (dev is not None and dev["mtu"] == mtu)
-        return {"node": self.cfg.node, "subnet": str(own.subnet), "mtu": mtu, "refused": refused,
+        return {"node": self.cfg.node, "subnet": str(own.subnet), "gateway": str(own.gateway), "mtu": mtu, "refused": refused,
                 "changes": {"added": len(want.routes - have.routes) + len(want.fdb - have.fdb)
                             + len(want.neighbours - have.neighbours),
                             "removed": len(have.routes - want.routes) + len(have.fdb - want.fdb)
@@ -194,7 +240,8 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
         self.serve_relay = True
-        log(f"node {self.cfg.node}, backend {self.cfg.backend.kind}, leases in {self.cfg.lease_dir}")
+        where = self.cfg.lease_dir if self.cfg.lease_source == "dir" else "etcd"
+        log(f"node {self.cfg.node}, backend {self.cfg.backend.kind}, leases in {where}")
         next_resync = 0.0
         while not self.stop:
             force = time.monotonic() >= next_resync
@@ -208,7 +255,7 @@ class Daemon:
             if force:
                 next_resync = time.monotonic() + self.cfg.resync
             self.source.wait(min(1.0, max(0.0, next_resync - time.monotonic())))
-        self.close()
+        self.shutdown()
         if self.relay is not None:
             self.relay.close()
         log("stopped (entries left in place)")
@@ -224,9 +271,20 @@ def add_parser(sub: Any) -> None:
     mode.add_argument("--remove", action="store_true", help="remove everything the daemon wrote")
 
 
+def build(cfg: Config, check: bool = False) -> Daemon:
+    """The daemon on its lease source: etcd (and, unless only checking, this node's own lease) or
+    the lease directory."""
+    if cfg.lease_source != "etcd":
+        return Daemon(cfg)
+    econf = cfg.etcd_config()
+    own = None if check else NodeSubnet(econf, cfg.node, cfg.public_ip, cfg.cluster_cidr, cfg.subnet_len,
+                                        cfg.backend.kind, cfg.backend.vni, cfg.lease_ttl)
+    return Daemon(cfg, EtcdLeaseSource(Client(econf)), own)
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = Config.load(args.config)
-    daemon = Daemon(cfg)
+    daemon = build(cfg, check=args.check or args.remove)
     if args.remove:
         ipr = rtnl()
         try:
@@ -239,13 +297,24 @@ def main(args: argparse.Namespace) -> int:
                 removed += 1
             except FileNotFoundError:
                 pass
-        print(json.dumps({"removed": removed}))
-        return 0
+        out: Dict[str, Any] = {"removed": removed}
+        if cfg.lease_source == "etcd":  # a reset gives the subnet back
+            holder = NodeSubnet(cfg.etcd_config(), cfg.node, cfg.public_ip, cfg.cluster_cidr, cfg.subnet_len)
+            try:
+                out["released"] = holder.release()
+            except CNIError as exc:
+                out["released"] = False
+                out["error"] = f"etcd: {exc.msg} {exc.details}".strip()
+            finally:
+                holder.close()
+        daemon.shutdown()
+        print(json.dumps(out))
+        return 1 if "error" in out else 0
     if args.once or args.check:
         try:
             status = daemon.step(force=True, check=args.check)
         finally:
-            daemon.close()
+            daemon.shutdown()
         if status is None:
             print(json.dumps({"error": daemon.error}))
             return 1
