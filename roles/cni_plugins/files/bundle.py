@@ -3,14 +3,17 @@
     python3 bundle.py '{"engine_src": DIR, "collection_root": DIR, "wheel_dir": DIR or "", "out_dir": DIR}'
 
 The release is: the engine package (`cni/`, with node/relay.c - the relay's source, compiled on the node
-when it has a C compiler), pyroute2 (and any unconditional pure-Python dependency) and
-RELEASE.json. pyroute2 comes from the wheels in `wheel_dir` when given (pure-Python wheels only,
-e.g. `pip download pyroute2 --no-deps -d DIR`), else from the controller's own installed
-distribution (its RECORD lists the files). The tarball is built with Python's tarfile - no GNU tar
-on the controller - with sorted names, zero mtimes and owners, so the same content always gives the
-same bytes; its content digest names the release: `<collection version>-<digest[:12]>`. Prints
-{"name", "version", "digest", "tarball", "pyroute2", "source"}; exits 1 with a message saying what
-to do when pyroute2 cannot be found.
+when it has a C compiler), pyroute2, etcd3gw (the cnikit-cluster IPAM's etcd client) with its
+dependency closure (requests, urllib3, idna, charset_normalizer, certifi, futurist, debtcollector,
+wrapt, pbr), all pure Python, and RELEASE.json. They come from the wheels in `wheel_dir` when given
+(pure-Python wheels only, e.g. `pip download --only-binary=:all: --platform any pyroute2 etcd3gw -d DIR`),
+else from the controller's own installed distributions (their RECORDs list the files; compiled parts
+are left out, each of these packages falls back to Python). pyroute2 is required, etcd3gw optional
+(a release without it serves every IPAM but cnikit-cluster). The tarball is built with Python's
+tarfile - no GNU tar on the controller - with sorted names, zero mtimes and owners, so the same
+content always gives the same bytes; its content digest names the release:
+`<collection version>-<digest[:12]>`. Prints {"name", "version", "digest", "tarball", "pyroute2",
+"etcd3gw", "packages", "source"}; exits 1 with a message saying what to do when pyroute2 cannot be found.
 """
 import gzip
 import hashlib
@@ -25,6 +28,22 @@ import zipfile
 
 SKIP = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$")
 PURE_WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-\d[^-]*)?-(py2\.)?py3(\.py\d+)?-none-any\.whl$")
+
+
+# What the release carries besides the engine: pyroute2 (netlink, always) and etcd3gw (the
+# cnikit-cluster IPAM's etcd client, when the controller has it), each with the closure of its
+# unconditional requirements. setuptools is pbr's build-time requirement only: etcd3gw imports
+# pbr.version, which reads dist-info metadata and needs no setuptools.
+ROOTS = ("pyroute2", "etcd3gw")
+NOT_RUNTIME = {"setuptools"}
+# Compiled parts are left out (the node's Python may not be the controller's): every package here has a
+# pure-Python fallback (charset_normalizer's md.py/cd.py, wrapt's wrappers.py).
+COMPILED = re.compile(r"\.(so|pyd|dylib|c|h)$")
+INSTALL_TIME = ("/RECORD", "/INSTALLER", "/REQUESTED", "/direct_url.json")
+
+
+def dist_key(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def fail(msg):
@@ -63,7 +82,10 @@ def wheel_files(wheel_dir):
         if not match:
             fail(f"{wheel} in cni_plugins_wheel_dir {wheel_dir} is not a pure-Python (py3-none-any) wheel: the "
                  "release must run on every node's interpreter")
-        versions[dist_key(match.group("name"))] = match.group("version")
+        key = dist_key(match.group("name"))
+        if key in NOT_RUNTIME:  # `pip download etcd3gw` brings pbr's setuptools along
+            continue
+        versions[key] = match.group("version")
         with zipfile.ZipFile(os.path.join(wheel_dir, wheel)) as zf:
             for info in zf.infolist():
                 name = info.filename
@@ -73,22 +95,6 @@ def wheel_files(wheel_dir):
         fail(f"no pyroute2 wheel in cni_plugins_wheel_dir {wheel_dir} ({len(wheels)} wheels): run "
              f"`pip download 'pyroute2>=0.9.5,<0.10' --no-deps -d {wheel_dir}` on a machine with an index")
     return out, versions
-
-
-# What the release carries besides the engine: pyroute2 (netlink, always) and etcd3gw (the
-# cnikit-cluster IPAM's etcd client, when the controller has it), each with the closure of its
-# unconditional requirements. setuptools is pbr's build-time requirement only: etcd3gw imports
-# pbr.version, which reads dist-info metadata and needs no setuptools.
-ROOTS = ("pyroute2", "etcd3gw")
-NOT_RUNTIME = {"setuptools"}
-# Compiled parts are left out (the node's Python may not be the controller's): every package here has a
-# pure-Python fallback (charset_normalizer's md.py/cd.py, wrapt's wrappers.py).
-COMPILED = re.compile(r"\.(so|pyd|dylib|c|h)$")
-INSTALL_TIME = ("/RECORD", "/INSTALLER", "/REQUESTED", "/direct_url.json")
-
-
-def dist_key(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def requirement_name(req):
