@@ -45,7 +45,8 @@ def release_dir() -> str:
 
 def use_release_pyroute2() -> bool:
     """Air-gapped nodes: the interpreter has no pyroute2, the release the role installed carries one
-    (pure Python, from the controller). Appended, so an interpreter's own pyroute2 always wins."""
+    (pure Python, from the controller). Appended, so an interpreter's own pyroute2 always wins. The
+    release's etcd3gw (the cnikit-cluster IPAM's client) becomes importable the same way."""
     path = release_dir()
     if not os.path.isdir(os.path.join(path, "pyroute2")):
         return False

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
 import time
 
 import pytest
@@ -9,6 +12,9 @@ import pytest
 from cni.protocol import spec
 from cni.cluster import client as ec
 from cni.cluster.client import Client, EtcdConfig
+
+MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "plugins", "module_utils")
 
 
 def test_config_validation():
@@ -24,6 +30,23 @@ def test_config_validation():
         with pytest.raises(spec.CNIError) as err:
             EtcdConfig.from_dict(bad)
         assert err.value.code == spec.ERR_INVALID_CONFIG and word in str(err.value)
+
+
+def test_no_etcd3gw_on_the_node_is_a_clear_cni_error():
+    """A node interpreter without etcd3gw (Debian's /usr/bin/python3, no release path): CNI code 999
+    saying where etcd3gw comes from, not an ImportError traceback."""
+    node_python = "/usr/bin/python3"
+    if not os.access(node_python, os.X_OK):
+        pytest.skip(f"no {node_python} (the lab nodes' interpreter) on this machine")
+    probe = ("import json, sys; sys.path.insert(0, sys.argv[1])\n"
+             "from cni.protocol.spec import CNIError\nfrom cni.cluster.client import Client, EtcdConfig\n"
+             "try:\n    Client(EtcdConfig.from_dict({'endpoints': ['http://127.0.0.1:1']}))\n"
+             "except CNIError as e:\n    print(json.dumps([e.code, str(e)]))")
+    proc = subprocess.run([node_python, "-I", "-S", "-c", probe, MODULE_UTILS], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    code, msg = json.loads(proc.stdout)
+    assert code == spec.ERR_INTERNAL and "etcd3gw is not importable" in msg and "cni_plugins_wheel_dir" in msg
 
 
 def test_prefix_end():

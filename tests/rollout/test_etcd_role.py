@@ -88,6 +88,12 @@ def test_macvlan_role_on_the_cluster_ipam(lab3, lab_state, pki):
     assert result.rc == 0, result.output[-3000:]
     ips = {}
     for n in lab3["nodes"]:
+        # the node's interpreter (/usr/bin/python3, like a real host) has no etcd3gw: the IPAM's client
+        # comes from the release the cni_plugins role shipped from the controller
+        assert lab.run_in(n["pid"], ["/usr/bin/python3", "-I", "-c", "import etcd3gw"], check=False).returncode == 1
+        assert "/usr/bin/python3 -I" in lab.run_in(n["pid"], ["head", "-1", "/opt/cni/bin/cnikit"]).stdout
+        release = json.loads(lab.run_in(n["pid"], ["cat", "/opt/cni/lib/cnikit/current/RELEASE.json"]).stdout)
+        assert release["etcd3gw"]
         conf = json.loads(lab.run_in(n["pid"], ["cat", "/etc/cni/net.d/10-macvlannet.conf"]).stdout)
         assert conf["ipam"]["type"] == "cnikit-cluster" and conf["ipam"]["node"] == n["name"]
         lab.run_in(n["pid"], ["ip", "netns", "add", "pod"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -203,9 +204,15 @@ class Client:
     """A connection to one etcd cluster (see the module doc for deadlines and failover)."""
 
     def __init__(self, conf: EtcdConfig) -> None:
-        import etcd3gw  # noqa: PLC0415 - only callers that talk to etcd pay for requests
-        import requests  # noqa: PLC0415
-        from etcd3gw import exceptions  # noqa: PLC0415
+        try:
+            import etcd3gw  # noqa: PLC0415 - only callers that talk to etcd pay for requests
+            import requests  # noqa: PLC0415
+            from etcd3gw import exceptions  # noqa: PLC0415
+        except ImportError as exc:  # a node whose release was packed without etcd3gw (docs/rollout.md)
+            raise CNIError(spec.ERR_INTERNAL, "the etcd client etcd3gw is not importable",
+                           f"{exc} (Python {sys.version.split()[0]} at {sys.executable}): cnikit releases carry "
+                           "etcd3gw when the controller that packed them has it installed (requirements.txt) or "
+                           "its wheels are in cni_plugins_wheel_dir; it needs Python >= 3.11 on the node") from exc
 
         self.conf = conf
         self._exc = exceptions
