@@ -13,14 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cnitest  # noqa: E402
 
 
-def make_cluster(tmp_path_factory, name: str, count: int = 3, port: int = 23790):
-    if not cnitest.IN_SANDBOX:
-        pytest.fail("etcd tests must run inside tools/sandbox.sh (use `make test`)")
-    from lab.etcd import Cluster  # noqa: PLC0415
-
-    cluster = Cluster.loopback(count, str(tmp_path_factory.mktemp(name)), base_port=port)
-    cluster.start()
-    return cluster
+from etcdlab import make_cluster  # noqa: E402  (tests/cluster is on sys.path: the test's own dir)
 
 
 @pytest.fixture(scope="module")

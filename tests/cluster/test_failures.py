@@ -11,7 +11,7 @@ import pytest
 
 from cni.protocol import spec
 from cni.cluster.client import Client
-from conftest import make_cluster
+from etcdlab import make_cluster
 from ipamutil import call, ips_of, netconf
 
 

@@ -24,10 +24,12 @@ BRIDGE = "cnicrbr0"
 # network -> (main plugin config, subnet); each network is that plugin + host-local → portmap
 NETS = {"crashnet": ({"type": "macvlan", "master": "crm0", "mode": "bridge"}, "10.66.0.0/24"),
         "brnet": ({"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True}, "10.67.0.0/24"),
-        "ptpnet": ({"type": "ptp", "ipMasq": True}, "10.68.0.0/24")}
+        "ptpnet": ({"type": "ptp", "ipMasq": True}, "10.68.0.0/24"),
+        "routednet": ({"type": "cnikit-routed"}, "10.69.0.0/24")}
 ADD_POINTS = ["macvlan.after_link_create", "host_local.after_lease_write", "macvlan.after_ipam_add",
               "portmap.after_rules", "runtime.before_cache_write",
-              "brnet:bridge.after_ipam_add", "brnet:bridge.after_masq", "ptpnet:ptp.after_veth"]
+              "brnet:bridge.after_ipam_add", "brnet:bridge.after_masq", "ptpnet:ptp.after_veth",
+              "routednet:routed.after_veth"]
 DEL_POINTS = ["runtime.del_after_plugin", "macvlan.del_after_ipam", "host_local.after_release_one"]
 # Reached only on paths this chain does not take; each is named with where it is exercised.
 OTHER_POINTS = {"portmap.after_family": "iptables backend, dual-stack: not in this chain (see docs/reliability.md)",
