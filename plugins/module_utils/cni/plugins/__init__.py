@@ -33,3 +33,19 @@ def gc_masquerade(conf: Conf) -> None:
     if conf_field(conf, "ipMasq", bool, False):
         keep = {cid for cid, _ in spec.valid_attachments(conf)}
         netfilter.gc_ipmasq(conf["name"], keep, conf_field(conf, "ipMasqBackend", str, None))
+
+
+def enable_forwarding(ips: list) -> list:
+    """Turn IP forwarding on for every family of the result's addresses (ptp's and cnikit-routed's
+    host side routes the pod); Go ptp's error text. Returns the families, sorted."""
+    import ipaddress  # noqa: PLC0415
+
+    from ..net import rtnl, sysctl  # noqa: PLC0415 - no pyroute2 at import
+
+    families = sorted({ipaddress.ip_interface(ip["address"]).version for ip in ips})
+    for family in families:
+        try:
+            sysctl.enable_forward(family)
+        except spec.CNIError as err:
+            raise rtnl.fail(f"Could not enable IP forwarding: {err.msg}") from None
+    return families

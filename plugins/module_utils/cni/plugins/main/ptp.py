@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ... import faults, ipam, netfilter
-from ...net import addr, link, ns, rtnl, sysctl
+from ...net import addr, link, ns, rtnl
 from ...protocol import skel, spec
 from ...protocol.spec import CNIError
 from ...protocol.plugin import MTU_RANGE, Conf, NetConf, Result, base_fields, conf_field
-from .. import NetPlugin, gc_masquerade
+from .. import NetPlugin, enable_forwarding, gc_masquerade
 from .single import check_container, check_prelude
 
 
@@ -47,11 +47,7 @@ class Ptp(NetPlugin):
             result = spec.new_result(ips=got["ips"], routes=got["routes"], dns=got.get("dns"))
             if not result["ips"]:
                 raise rtnl.fail("IPAM plugin returned missing IP config")
-            for family in sorted({ipaddress.ip_interface(ip["address"]).version for ip in result["ips"]}):
-                try:
-                    sysctl.enable_forward(family)
-                except CNIError as err:
-                    raise rtnl.fail(f"Could not enable IP forwarding: {err.msg}") from None
+            enable_forwarding(result["ips"])
             host_fd = ns.open_netns("/proc/thread-self/ns/net")
             try:
                 with ns.in_netns(ctx.netns):

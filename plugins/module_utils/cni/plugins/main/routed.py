@@ -31,7 +31,7 @@ from ...netfilter import ingress
 from ...protocol import skel, spec
 from ...protocol.plugin import MTU_RANGE, Conf, Result, conf_field
 from ...protocol.spec import CNIError
-from .. import NetPlugin
+from .. import NetPlugin, enable_forwarding
 from .single import check_prelude
 
 NEXT_HOP_V4 = "169.254.1.1"
@@ -79,12 +79,7 @@ class Routed(NetPlugin):
             if opts["allow"] is not None:
                 policy_made = True  # (a failed batch applied nothing; the undo's teardown is a no-op then)
                 ingress.setup(peer, opts["allow"])
-            families = sorted({ipaddress.ip_interface(ip["address"]).version for ip in result["ips"]})
-            for family in families:
-                try:
-                    sysctl.enable_forward(family)
-                except CNIError as err:
-                    raise rtnl.fail(f"Could not enable IP forwarding: {err.msg}") from None
+            families = enable_forwarding(result["ips"])
             host_fd = ns.open_netns("/proc/thread-self/ns/net")
             try:
                 with ns.in_netns(ctx.netns):
